@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Ray on one node: loopback only, no usage stats.
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: run test bench quality install clean
+
+# The venv is rebuilt only when pyproject.toml changes, so a second call installs nothing.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m jobs.train --mode autoencoder --dataset fashion-mnist --epochs 2 --run-dir runs/fashion-mnist/train
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+quality: $(STAMP)
+	$(PY) -m benchmarks.quality
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,498 @@
+"""Data sources: each yields a Ray Dataset with one image schema.
+
+Columns of every source:
+
+=============  ==========================================================
+``id``          int64, stable and unique within the source
+``image``       uint8 tensor (H, W) for mode L, (H, W, 3) for RGB
+``label``       int64, null when unknown
+``label_name``  string, null when unknown
+``path``        string, null for array sources (Fashion-MNIST)
+=============  ==========================================================
+
+Sources: the official Fashion-MNIST IDX files, image folders (one sub-folder per class, or
+flat and unlabelled), and Parquet image shards in this schema (``write_image_shards``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from pipelines.config import DataConfig, check_choice, SPLITS
+
+log = logging.getLogger("featurelens.data")
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_PER_CLASS = {"train": 6000, "test": 1000}
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_SUFFIXES = (".pgm", ".ppm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 0x00000803, 0x00000801
+ROWS_PER_BLOCK = 2000
+FILES_PER_BLOCK = 200
+SKIPPED_IMAGES_FILE = "skipped_images.csv"
+IMAGE_COLUMNS = ("id", "image", "label", "label_name", "path")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file or column and what is wrong with it."""
+
+
+@dataclass
+class ImageSource:
+    """A loaded source: the dataset plus what the model and the report need to know about it."""
+
+    dataset: ray.data.Dataset
+    name: str
+    split: str
+    num_images: int
+    class_names: list[str]
+    height: int
+    width: int
+    channels: int
+    skipped: list[tuple[str, str]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> str:
+        return f"{self.height}x{self.width}"
+
+
+def load_images(config: DataConfig, split: str = "train") -> ImageSource:
+    """The configured source's split ('train', 'test' or 'all') as a Ray Dataset of the image schema."""
+    check_choice("split", split, SPLITS)
+    loaders = {
+        "fashion-mnist": load_fashion_mnist,
+        "images": load_image_folder,
+        "parquet": load_image_shards,
+    }
+    return loaders[config.dataset](config, split)
+
+
+# --- Fashion-MNIST -------------------------------------------------------------------------------
+
+
+def find_fashion_mnist(data_dir: str | None = None) -> Path:
+    """The folder with the four IDX files: ``data_dir``, $FASHION_MNIST_DIR, the Debian package's
+    folder, else torchvision's download into ~/.cache/featurelens."""
+    tried = []
+    for candidate in (data_dir, os.environ.get("FASHION_MNIST_DIR"), DEBIAN_FASHION_MNIST_DIR):
+        if candidate:
+            if _has_fashion_mnist(Path(candidate)):
+                return Path(candidate)
+            tried.append(candidate)
+    cache = Path.home() / ".cache" / "featurelens" / "fashion-mnist"
+    if not _has_fashion_mnist(cache):
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            for train in (True, False):
+                FashionMNIST(str(cache.parent / "torchvision"), train=train, download=True)
+            raw = cache.parent / "torchvision" / "FashionMNIST" / "raw"
+            cache.mkdir(parents=True, exist_ok=True)
+            for name in sum(FASHION_MNIST_FILES.values(), ()):
+                (raw / name).replace(cache / name)
+        except Exception as error:  # noqa: BLE001 - any failure here ends in the one message below
+            raise DataError(
+                "Fashion-MNIST not found. Give it one of three ways: --data-dir DIR (or "
+                "$FASHION_MNIST_DIR) with the four IDX .gz files; the Debian package "
+                f"(apt-get install dataset-fashion-mnist, into {DEBIAN_FASHION_MNIST_DIR}); or "
+                f"network access for torchvision's download. Tried: {tried or 'no folder given'}; "
+                f"download failed: {error}"
+            ) from None
+    return cache
+
+
+def _has_fashion_mnist(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in sum(FASHION_MNIST_FILES.values(), ()))
+
+
+def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
+    """Read one gzipped IDX file, checking its magic number and that its size matches its header."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rb") as file:
+            raw = file.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable gzip file ({error})") from None
+    if len(raw) < 8:
+        raise DataError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
+    magic, count = struct.unpack(">II", raw[:8])
+    kind = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
+    if magic != expected_magic:
+        found = kind.get(magic, f"magic 0x{magic:08x}")
+        raise DataError(f"{path}: expected an IDX {kind[expected_magic]} file, found {found}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    shape = (count, *struct.unpack(f">{ndim - 1}I", raw[8:header]))
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: header says {shape} ({expected} bytes of data) but the file holds "
+            f"{len(raw) - header} bytes: truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def fashion_mnist_arrays(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [n, 28, 28], labels int64 [n]) of 'train' or 'test', checked against the release."""
+    folder = find_fashion_mnist(data_dir)
+    image_file, label_file = (folder / name for name in FASHION_MNIST_FILES[split])
+    images = read_idx(image_file, IDX_IMAGES_MAGIC)
+    labels = read_idx(label_file, IDX_LABELS_MAGIC).astype(np.int64)
+    per_class = FASHION_MNIST_PER_CLASS[split]
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{image_file}: expected 28x28 images, found {images.shape[1:]}")
+    if len(images) != 10 * per_class or len(labels) != len(images):
+        raise DataError(
+            f"{image_file}, {label_file}: expected {10 * per_class} images and labels, "
+            f"found {len(images)} and {len(labels)}"
+        )
+    counts = np.bincount(labels, minlength=10)
+    if len(counts) != 10 or not np.all(counts == per_class):
+        raise DataError(f"{label_file}: expected {per_class} labels of each of 10 classes, found {counts.tolist()}")
+    return images, labels
+
+
+def load_fashion_mnist(config: DataConfig, split: str) -> ImageSource:
+    parts = ("train", "test") if split == "all" else (split,)
+    tables = []
+    for part in parts:
+        images, labels = fashion_mnist_arrays(part, config.data_dir)
+        first_id = 0 if part == "train" else 10 * FASHION_MNIST_PER_CLASS["train"]
+        ids = np.arange(first_id, first_id + len(images), dtype=np.int64)
+        if config.limit is not None:
+            images, labels, ids = images[: config.limit], labels[: config.limit], ids[: config.limit]
+        images = resize_array(images, config)
+        tables += _image_tables(ids, images, labels, FASHION_MNIST_CLASSES)
+    num_images = sum(t.num_rows for t in tables)
+    _, height, width, *_ = (num_images, *tables[0]["image"].type.shape)
+    return ImageSource(
+        dataset=ray.data.from_arrow(tables),
+        name="fashion-mnist",
+        split=split,
+        num_images=num_images,
+        class_names=list(FASHION_MNIST_CLASSES),
+        height=height,
+        width=width,
+        channels=config.channels,
+        skipped=[],
+    )
+
+
+def resize_array(images: np.ndarray, config: DataConfig) -> np.ndarray:
+    """Grayscale arrays to the configured size and mode (a no-op at the native size and mode L)."""
+    size = config.size
+    if (size is None or size == images.shape[1:3]) and config.mode == "L":
+        return images
+    from PIL import Image
+
+    height, width = size or images.shape[1:3]
+    return np.stack([to_array(Image.fromarray(image), height, width, config.mode) for image in images])
+
+
+def _image_tables(ids, images, labels, class_names) -> list[pa.Table]:
+    """Blocks of the image schema from arrays (labels known)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    names = np.asarray(class_names, dtype=object)
+    return [
+        pa.table(
+            {
+                "id": pa.array(ids[i : i + ROWS_PER_BLOCK], pa.int64()),
+                "image": ArrowTensorArray.from_numpy(np.ascontiguousarray(images[i : i + ROWS_PER_BLOCK])),
+                "label": pa.array(labels[i : i + ROWS_PER_BLOCK], pa.int64()),
+                "label_name": pa.array(names[labels[i : i + ROWS_PER_BLOCK]], pa.string()),
+                "path": pa.nulls(len(ids[i : i + ROWS_PER_BLOCK]), pa.string()),
+            }
+        )
+        for i in range(0, len(ids), ROWS_PER_BLOCK)
+    ]
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+
+def natural_key(text: str) -> list:
+    """'s2' sorts before 's10'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def list_image_folder(root: str | Path) -> tuple[pa.Table, list[str]]:
+    """The folder's manifest (id, label, label_name, path; no pixels) and its class names.
+
+    A folder with sub-folders is labelled by them (files beside the class folders, such as a
+    README, belong to no class and are left out with a warning); a flat folder is unlabelled.
+    Every file inside a class folder is listed, so that a stray non-image file is reported rather
+    than silently dropped. Ids follow the natural order of the relative paths."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    entries = [entry for entry in root.iterdir() if not entry.name.startswith(".")]
+    class_dirs = sorted((e for e in entries if e.is_dir()), key=lambda e: natural_key(e.name))
+    if class_dirs:
+        stray = sorted(e.name for e in entries if e.is_file())
+        if stray:
+            log.warning("%s: %d file(s) beside the class folders belong to no class and are not read: %s",
+                        root, len(stray), ", ".join(stray[:5]) + (" ..." if len(stray) > 5 else ""))
+        files = [
+            (path, label)
+            for label, folder in enumerate(class_dirs)
+            for path in sorted(_files_under(folder), key=lambda p: natural_key(str(p)))
+        ]
+        class_names = [folder.name for folder in class_dirs]
+    else:
+        files = [(path, None) for path in sorted(_files_under(root), key=lambda p: natural_key(str(p)))]
+        class_names = []
+    if not files:
+        raise DataError(f"image folder {root} holds no files")
+    labels = [label for _, label in files]
+    manifest = pa.table(
+        {
+            "id": pa.array(np.arange(len(files)), pa.int64()),
+            "label": pa.array(labels, pa.int64()),
+            "label_name": pa.array([None if l is None else class_names[l] for l in labels], pa.string()),
+            "path": pa.array([str(path) for path, _ in files], pa.string()),
+        }
+    )
+    return manifest, class_names
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def in_split(keys, split: str, test_fraction: float) -> np.ndarray:
+    """Which of ``keys`` (paths or ids) belong to ``split``: the same key lands in the same split
+    on every run, whatever else the corpus holds."""
+    buckets = np.array([zlib.crc32(str(key).encode()) % 10_000 for key in keys], dtype=np.int64)
+    is_test = buckets < int(round(test_fraction * 10_000))
+    return np.ones(len(keys), bool) if split == "all" else is_test if split == "test" else ~is_test
+
+
+def keep_split(batch: dict[str, np.ndarray], split: str, test_fraction: float) -> dict[str, np.ndarray]:
+    """Ray Data batch function: the rows of ``batch`` in ``split`` (by id)."""
+    keep = in_split(batch["id"], split, test_fraction)
+    return {column: values[keep] for column, values in batch.items()}
+
+
+def to_array(image, height: int, width: int, mode: str) -> np.ndarray:
+    """A PIL image -> uint8 array (H, W) or (H, W, 3) of the configured size and mode."""
+    from PIL import Image
+
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(path: str, height: int, width: int, mode: str) -> np.ndarray:
+    """Read and decode one file; DataError names it when it is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+        raise DataError(f"{path}: not an image file (suffix not one of {' '.join(IMAGE_SUFFIXES)})")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_array(image, height, width, mode)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        reason = "empty file (0 bytes)" if size == 0 else f"cannot decode: {error}"
+        raise DataError(f"{path}: {reason}") from None
+
+
+def decode_images(batch: pa.Table, height: int, width: int, mode: str) -> pa.Table:
+    """Ray Data batch function: manifest rows -> rows of the image schema."""
+    from ray.data.extensions import ArrowTensorArray
+
+    images = np.stack([decode_image(path, height, width, mode) for path in batch["path"].to_pylist()])
+    return batch.append_column("image", ArrowTensorArray.from_numpy(images)).select(list(IMAGE_COLUMNS))
+
+
+def find_bad_images(batch: pa.Table, height: int, width: int, mode: str) -> pa.Table:
+    """Ray Data batch function: manifest rows -> (path, error) of the rows that do not decode."""
+    bad_paths, errors = [], []
+    for path in batch["path"].to_pylist():
+        try:
+            decode_image(path, height, width, mode)
+        except DataError as error:
+            bad_paths.append(path)
+            errors.append(str(error))
+    return pa.table({"path": pa.array(bad_paths, pa.string()), "error": pa.array(errors, pa.string())})
+
+
+def load_image_folder(config: DataConfig, split: str) -> ImageSource:
+    """Decode a folder of images with Ray Data, after a scan that finds every unreadable file.
+
+    The scan decodes each image once up front so that a bad file stops the job before any
+    training or writing starts (on_bad_image=error), naming every bad file rather than only the
+    first; with on_bad_image=skip the bad files are left out and returned in ``skipped``."""
+    if config.data_dir is None:
+        raise DataError("dataset 'images' needs --data-dir: the folder of images to read")
+    manifest, class_names = list_image_folder(config.data_dir)
+    manifest = manifest.filter(pa.array(in_split(manifest["path"].to_pylist(), split, config.test_fraction)))
+    if config.limit is not None:
+        manifest = manifest.slice(0, config.limit)
+    height, width = config.size or _first_readable_size(manifest["path"].to_pylist())
+    bad = (
+        ray.data.from_arrow(manifest_blocks(manifest))
+        .map_batches(find_bad_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.mode))
+        .to_arrow_refs()
+    )
+    bad = pa.concat_tables(ray.get(bad)) if bad else pa.table({"path": [], "error": []})
+    skipped = sorted(zip(bad["path"].to_pylist(), bad["error"].to_pylist()))
+    if skipped and config.on_bad_image == "error":
+        listing = "\n  ".join(error for _, error in skipped[:20])
+        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        raise DataError(
+            f"{len(skipped)} unreadable image(s) in {config.data_dir}:\n  {listing}{more}\n"
+            "Fix or remove them, or pass --on-bad-image skip to leave them out (they are then "
+            f"listed in the run directory's {SKIPPED_IMAGES_FILE})."
+        )
+    if skipped:
+        bad_paths = pa.array([path for path, _ in skipped], pa.string())
+        manifest = manifest.filter(pa.compute.invert(pa.compute.is_in(manifest["path"], bad_paths)))
+        log.warning("skipping %d unreadable image(s) of %s", len(skipped), config.data_dir)
+    if manifest.num_rows == 0:
+        raise DataError(f"image folder {config.data_dir} has no readable images in split {split!r}")
+    dataset = ray.data.from_arrow(manifest_blocks(manifest)).map_batches(
+        decode_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.mode)
+    )
+    return ImageSource(
+        dataset=dataset,
+        name=Path(config.data_dir).name,
+        split=split,
+        num_images=manifest.num_rows,
+        class_names=class_names,
+        height=height,
+        width=width,
+        channels=config.channels,
+        skipped=skipped,
+    )
+
+
+def manifest_blocks(manifest: pa.Table) -> list[pa.Table]:
+    """Small blocks, so that decoding spreads over every CPU even for a few hundred files."""
+    rows = max(1, min(FILES_PER_BLOCK, -(-manifest.num_rows // 8)))
+    return [manifest.slice(i, rows) for i in range(0, manifest.num_rows, rows)]
+
+
+def _first_readable_size(paths: list[str]) -> tuple[int, int]:
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                return image.height, image.width
+        except (OSError, SyntaxError, ValueError):
+            continue
+    raise DataError(f"no readable image among {len(paths)} file(s), so no size to default to; pass --image-size")
+
+
+# --- Parquet image shards ------------------------------------------------------------------------
+
+
+def to_shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
+    """Ray Data batch function: image-schema rows -> a plain Arrow table (the image as Arrow's own
+    fixed_shape_tensor, so that pyarrow reads the shards without Ray)."""
+    labels = batch["label"]
+    known = ~np.isnan(labels) if labels.dtype.kind == "f" else np.ones(len(labels), bool)
+    return pa.table(
+        {
+            "id": pa.array(batch["id"], pa.int64()),
+            "image": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(batch["image"])),
+            "label": pa.array(np.where(known, labels, 0).astype(np.int64), pa.int64(), mask=~known),
+            "label_name": pa.array(list(batch["label_name"]), pa.string()),
+            "path": pa.array(list(batch["path"]), pa.string()),
+        }
+    )
+
+
+def write_image_shards(source: ImageSource, out_dir: str | Path) -> None:
+    """Write a source as Parquet image shards, streaming; the class names go in the table metadata."""
+    from pipelines.storage import atomic_output_dir
+
+    with atomic_output_dir(out_dir) as tmp:
+        source.dataset.map_batches(to_shard_table, batch_format="numpy").write_parquet(str(tmp))
+        (tmp / CLASS_NAMES_FILE).write_text("\n".join(source.class_names) + "\n")
+
+
+CLASS_NAMES_FILE = "class_names.txt"
+
+
+def load_image_shards(config: DataConfig, split: str) -> ImageSource:
+    """Parquet image shards (as ``write_image_shards`` writes them), resized to the configured size."""
+    if config.data_dir is None:
+        raise DataError("dataset 'parquet' needs --data-dir: the folder of image shards")
+    folder = Path(config.data_dir)
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise DataError(f"{folder}: no .parquet image shards found")
+    schema = pq.read_schema(files[0])
+    missing = [column for column in IMAGE_COLUMNS if column not in schema.names]
+    if missing:
+        raise DataError(f"{files[0]}: missing column(s) {', '.join(missing)} of the image schema {IMAGE_COLUMNS}")
+    image_type = schema.field("image").type
+    if not isinstance(image_type, pa.FixedShapeTensorType) or image_type.value_type != pa.uint8():
+        raise DataError(f"{files[0]}: column 'image' must be a uint8 fixed_shape_tensor, found {image_type}")
+    native_height, native_width = image_type.shape[:2]
+    height, width = config.size or (native_height, native_width)
+    ids = pq.read_table(files, columns=["id"])["id"].to_numpy()  # the ids alone: small
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"{folder}: column 'id' has duplicate values")
+    num_images = len(ids) if split == "all" else int(np.sum(in_split(ids, split, config.test_fraction)))
+    dataset = ray.data.read_parquet(str(folder))
+    if split != "all":
+        dataset = dataset.map_batches(
+            keep_split, batch_format="numpy", fn_kwargs=dict(split=split, test_fraction=config.test_fraction)
+        )
+    if config.limit is not None:
+        num_images = min(num_images, config.limit)
+        dataset = dataset.limit(config.limit)
+    names_file = folder / CLASS_NAMES_FILE
+    class_names = names_file.read_text().split("\n")[:-1] if names_file.exists() else []
+    if (height, width) != (native_height, native_width) or config.mode != "L" or len(image_type.shape) == 3:
+        dataset = dataset.map_batches(
+            resize_images, batch_format="numpy", fn_kwargs=dict(height=height, width=width, mode=config.mode)
+        )
+    return ImageSource(
+        dataset=dataset,
+        name=folder.name,
+        split=split,
+        num_images=num_images,
+        class_names=class_names,
+        height=height,
+        width=width,
+        channels=config.channels,
+        skipped=[],
+    )
+
+
+def resize_images(batch: dict[str, np.ndarray], height: int, width: int, mode: str) -> dict[str, np.ndarray]:
+    """Ray Data batch function: the ``image`` column to the configured size and mode."""
+    from PIL import Image
+
+    batch["image"] = np.stack([to_array(Image.fromarray(image), height, width, mode) for image in batch["image"]])
+    return batch

@@ -1,0 +1,51 @@
+"""Connecting to Ray: the cluster named by RAY_ADDRESS (as under `ray job submit`), else a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger("featurelens")
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster in $RAY_ADDRESS, or start Ray on this machine bound to loopback.
+
+    Idempotent: a second call in the same process reuses the connection."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    quiet = {"log_to_driver": True, "logging_level": logging.WARNING}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**quiet)
+    else:
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            num_cpus=num_cpus,
+            **quiet,
+        )
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """One progress line per Ray Data operator is plenty in batch logs."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
