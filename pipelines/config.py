@@ -41,7 +41,7 @@ class DataConfig:
         "HxW the images are resized to, e.g. 64x64 or 112x92; default: the source's native "
         "size (28x28 for Fashion-MNIST, the first image's size for a folder)",
     )
-    mode: str = opt("L", "L (grayscale) or RGB")
+    color: str = opt("L", "L (grayscale) or RGB")
     limit: int | None = opt(None, "use only the first N images of each split (quick runs)")
     test_fraction: float = opt(
         0.2, "images / parquet: share of the images held out as the test split (stable by path)"
@@ -54,7 +54,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
-        check_choice("mode", self.mode, IMAGE_MODES)
+        check_choice("color", self.color, IMAGE_MODES)
         check_choice("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
@@ -70,7 +70,7 @@ class DataConfig:
 
     @property
     def channels(self) -> int:
-        return 1 if self.mode == "L" else 3
+        return 1 if self.color == "L" else 3
 
 
 @dataclass
@@ -125,6 +125,85 @@ class TrainConfig:
         if self.mode == "classifier":
             return self.classifier_lr if self.classifier_lr is not None else self.lr / 10
         return self.lr
+
+
+@dataclass
+class ExtractConfig:
+    """Feature extraction: Ray Data maps the encoder over the images into a Parquet table."""
+
+    checkpoint: str | None = opt(None, "a training run directory or its model.pt")
+    split: str = opt("test", "train, test or all")
+    batch_size: int = opt(512, "images per encoder call")
+    actors: int | None = opt(None, "encoder actors; default: one per spare CPU, or one per GPU")
+    gpus_per_actor: float = opt(0.0, "GPUs per encoder actor (0: encode on CPUs)")
+    overwrite: bool = opt(False, "replace an existing feature table")
+
+    def __post_init__(self) -> None:
+        check_choice("split", self.split, SPLITS)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+
+
+@dataclass
+class StabilityConfig:
+    """The KMeans sweep over k x seeds with Ray Tune, and the stability measures."""
+
+    k: str = opt("2-10", "cluster counts: a range 2-10 or a list 2,4,10")
+    seeds: int = opt(10, "KMeans seeds per k (n_init=1 each)")
+    resamples: int = opt(20, "bootstrap and 80%-subsample resamples per k (0: skip them)")
+    subsample_fraction: float = opt(0.8, "share of the points in each subsample")
+    silhouette_sample: int = opt(2000, "points in the fixed sample the silhouette is computed on")
+
+    def __post_init__(self) -> None:
+        ks = self.k_values
+        if min(ks) < 2:
+            raise ValueError(f"k must be >= 2, got {self.k}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.resamples < 0:
+            raise ValueError(f"resamples must be >= 0, got {self.resamples}")
+        if not 0.0 < self.subsample_fraction < 1.0:
+            raise ValueError(f"subsample_fraction must be in (0, 1), got {self.subsample_fraction}")
+
+    @property
+    def k_values(self) -> list[int]:
+        return parse_k(self.k)
+
+
+@dataclass
+class ReclusterConfig:
+    """Class re-clustering: classes grouped by how they spread over the clusters."""
+
+    k: int = opt(2, "the clustering (k of the sweep) whose classes are re-clustered")
+    k_re: int = opt(2, "groups to re-cluster the classes into")
+    method: str = opt("membership", "membership (default), centroid, or seed (the seed's table; k = 2 only)")
+    min_share: float = opt(0.5, "report class groups that recur in at least this share of seeds")
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, ("membership", "centroid", "seed"))
+        if self.k < 2 or self.k_re < 2:
+            raise ValueError(f"k and k_re must be >= 2, got k={self.k}, k_re={self.k_re}")
+        if not 0.0 < self.min_share <= 1.0:
+            raise ValueError(f"min_share must be in (0, 1], got {self.min_share}")
+
+
+def parse_k(text: str) -> list[int]:
+    """'2-10' -> [2, ..., 10]; '2,4,10' -> [2, 4, 10]."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-"))
+            values = list(range(low, high + 1))
+        else:
+            values = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise ValueError(f"k must look like 2-10 or 2,4,10; got {text!r}") from None
+    if not values:
+        raise ValueError(f"k gives no cluster counts: {text!r}")
+    return values
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

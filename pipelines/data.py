@@ -204,12 +204,12 @@ def load_fashion_mnist(config: DataConfig, split: str) -> ImageSource:
 def resize_array(images: np.ndarray, config: DataConfig) -> np.ndarray:
     """Grayscale arrays to the configured size and mode (a no-op at the native size and mode L)."""
     size = config.size
-    if (size is None or size == images.shape[1:3]) and config.mode == "L":
+    if (size is None or size == images.shape[1:3]) and config.color == "L":
         return images
     from PIL import Image
 
     height, width = size or images.shape[1:3]
-    return np.stack([to_array(Image.fromarray(image), height, width, config.mode) for image in images])
+    return np.stack([to_array(Image.fromarray(image), height, width, config.color) for image in images])
 
 
 def _image_tables(ids, images, labels, class_names) -> list[pa.Table]:
@@ -358,7 +358,7 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
     height, width = config.size or _first_readable_size(manifest["path"].to_pylist())
     bad = (
         ray.data.from_arrow(manifest_blocks(manifest))
-        .map_batches(find_bad_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.mode))
+        .map_batches(find_bad_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.color))
         .to_arrow_refs()
     )
     bad = pa.concat_tables(ray.get(bad)) if bad else pa.table({"path": [], "error": []})
@@ -378,7 +378,7 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
     if manifest.num_rows == 0:
         raise DataError(f"image folder {config.data_dir} has no readable images in split {split!r}")
     dataset = ray.data.from_arrow(manifest_blocks(manifest)).map_batches(
-        decode_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.mode)
+        decode_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.color)
     )
     return ImageSource(
         dataset=dataset,
@@ -473,9 +473,9 @@ def load_image_shards(config: DataConfig, split: str) -> ImageSource:
         dataset = dataset.limit(config.limit)
     names_file = folder / CLASS_NAMES_FILE
     class_names = names_file.read_text().split("\n")[:-1] if names_file.exists() else []
-    if (height, width) != (native_height, native_width) or config.mode != "L" or len(image_type.shape) == 3:
+    if (height, width) != (native_height, native_width) or config.color != "L" or len(image_type.shape) == 3:
         dataset = dataset.map_batches(
-            resize_images, batch_format="numpy", fn_kwargs=dict(height=height, width=width, mode=config.mode)
+            resize_images, batch_format="numpy", fn_kwargs=dict(height=height, width=width, mode=config.color)
         )
     return ImageSource(
         dataset=dataset,

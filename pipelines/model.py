@@ -61,6 +61,28 @@ def stage_widths(n_stages: int) -> list[int]:
     return [*STAGE_WIDTHS, *[DEEP_STAGE_WIDTH] * (n_stages - len(STAGE_WIDTHS))][:n_stages]
 
 
+class CodeConv2d(nn.Conv2d):
+    """A convolution whose kernel covers its whole input, computed as the matrix product it is.
+
+    Same parameters and result as ``nn.Conv2d``; PyTorch's CPU convolution kernels are about
+    30x slower than one GEMM at this shape (see BENCHMARKS.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.kernel_size:
+            return super().forward(x)
+        return nn.functional.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
+
+
+class CodeConvTranspose2d(nn.ConvTranspose2d):
+    """The decoder's first layer (1x1 code to the kernel's size), as a matrix product."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (1, 1):
+            return super().forward(x, output_size)
+        out = (x.flatten(1) @ self.weight.flatten(1)).view(len(x), self.out_channels, *self.kernel_size)
+        return out + self.bias[None, :, None, None]
+
+
 class Autoencoder(nn.Module):
     """Encoder to a ``code_dim`` vector, mirrored decoder, and a small classifier head on the code."""
 
@@ -76,12 +98,12 @@ class Autoencoder(nn.Module):
         for out_ch in widths:
             encoder += [nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1), nn.SiLU()]
             in_ch = out_ch
-        encoder += [nn.Conv2d(in_ch, spec.code_dim, final_kernel), nn.Flatten()]
+        encoder += [CodeConv2d(in_ch, spec.code_dim, final_kernel), nn.Flatten()]
         self.encoder = nn.Sequential(*encoder)
 
         decoder: list[nn.Module] = [
             nn.Unflatten(1, (spec.code_dim, 1, 1)),
-            nn.ConvTranspose2d(spec.code_dim, widths[-1], final_kernel),
+            CodeConvTranspose2d(spec.code_dim, widths[-1], final_kernel),
         ]
         out_widths = [*reversed(widths[:-1]), spec.channels]
         # A stride-2 transposed conv gives 2n - 1 + output_padding: pad by one where the

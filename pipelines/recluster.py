@@ -154,6 +154,7 @@ class _ReclusterInputs:
         return np.vstack([X[self.class_index == row].mean(axis=0) for row in range(self.n_classes)])
 
 
+# What a method returns: its per-class table, and one vector per class for KMeans to group.
 Description = tuple[dict[str, np.ndarray], NDArray[np.float64]]
 
 
@@ -254,6 +255,8 @@ def recluster_classes(
         method, class_index, class_ids.size, cluster_labels, X, k, allow_nominal_mean
     )
     table, description = RECLUSTER_METHODS[method](inputs)
+    # Only n_classes points: many restarts cost nothing and make the grouping
+    # depend less on `seed`.
     groups = KMeans(n_clusters=k_re, n_init=10, random_state=seed).fit_predict(description)
     return ReclusterResult(method, class_ids, groups.astype(np.int64), table)
 

@@ -21,10 +21,13 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
     else:
+        # The dashboard serves Ray's state API, which Ray Train polls to clean up after a dead
+        # run; it listens on loopback only.
         ray.init(
             address="local",
             _node_ip_address="127.0.0.1",
-            include_dashboard=False,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             num_cpus=num_cpus,
             **quiet,
         )
@@ -32,11 +35,8 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 def quiet_ray_data() -> None:
-    """One progress line per Ray Data operator is plenty in batch logs."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    """Batch logs keep Ray Data's progress lines but not its per-dataset plan dumps."""
+    ray.data.DataContext.get_current().print_on_execution_start = False
 
 
 def cluster_cpus() -> float:

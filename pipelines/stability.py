@@ -242,6 +242,9 @@ def class_agreement(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
 def pairwise_seed_agreement(labelings: ArrayLike, measure: str = "ari") -> dict[str, float | int]:
     """Agreement between every pair of seeds' labelings of the same points.
 
+    On large ``n`` this mostly measures the clusterer's initialisation; see
+    :func:`resample_stability` for stability under resampling of the points.
+
     Parameters
     ----------
     labelings : array-like of shape (n_seeds, n_points)
@@ -256,7 +259,9 @@ def pairwise_seed_agreement(labelings: ArrayLike, measure: str = "ari") -> dict[
         ``n_pairs = n_seeds * (n_seeds - 1) / 2`` seed pairs.
     """
     if measure not in PARTITION_AGREEMENT:
-        raise ValueError(f"unknown measure {measure!r}; choose one of {sorted(PARTITION_AGREEMENT)}")
+        raise ValueError(
+            f"unknown measure {measure!r}; choose one of {sorted(PARTITION_AGREEMENT)}"
+        )
     labelings = np.asarray(labelings)
     if labelings.ndim != 2 or labelings.shape[0] < 2:
         raise ValueError(

@@ -1,0 +1,364 @@
+"""Training the autoencoder or the classifier, data-parallel with Ray Train.
+
+The step and the evaluation are plain PyTorch functions (``train_epoch``, ``evaluate``) that a
+test calls without Ray; ``train_loop_per_worker`` only feeds them Ray Data shards, syncs the
+counts across workers and reports a checkpoint each epoch; ``train`` is the driver.
+
+Run directory after training::
+
+    RUN/model.pt                  final weights and spec (what feature extraction reads)
+    RUN/metrics.jsonl             one line per epoch: losses, accuracy, images/s
+    RUN/loss_curve.png            RUN/reconstructions.png
+    RUN/checkpoint_*/state.pt     Ray Train's per-epoch checkpoints (model, optimizer, scheduler)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines import plots
+from pipelines.config import DataConfig, TrainConfig
+from pipelines.data import ImageSource, load_images
+from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
+from pipelines.storage import write_text_atomic
+
+log = logging.getLogger("featurelens.training")
+
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.jsonl"
+MODEL_FILE = "model.pt"
+LOCAL_SHUFFLE_BUFFER = 4096
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot place what the job asks for."""
+
+
+# --- plain PyTorch: one epoch, one evaluation ------------------------------------------------
+
+
+def training_network(model: Autoencoder, mode: str) -> nn.Module:
+    """The part of the model a mode trains: encoder+decoder, or encoder+classifier.
+
+    Data parallelism wraps only this, so that every parameter it holds takes part in the
+    forward pass (DDP needs that) and the unused head is left alone."""
+    head = model.decoder if mode == "autoencoder" else model.classifier
+    return nn.Sequential(model.encoder, head)
+
+
+def batch_loss(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """Mean loss of one batch: per-pixel MSE, or cross-entropy on the logits."""
+    inputs = scale_images(images)
+    outputs = network(inputs)
+    if mode == "autoencoder":
+        return nn.functional.mse_loss(outputs, inputs)
+    return nn.functional.cross_entropy(outputs, labels)
+
+
+def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.optim.Optimizer, mode: str) -> tuple[float, int]:
+    """One pass over ``batches`` ({"image": uint8, "label": int64}); returns (sum of losses, images)."""
+    network.train()
+    loss_sum, seen = 0.0, 0
+    for batch in batches:
+        images, labels = batch["image"], batch.get("label")
+        loss = batch_loss(network, images, None if labels is None else labels.long(), mode)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(images)
+        seen += len(images)
+    return loss_sum, seen
+
+
+@torch.no_grad()
+def evaluate(network: nn.Module, batches: Iterable[dict], mode: str) -> tuple[float, int, int]:
+    """(sum of losses, correct predictions, images) over ``batches``; correct is 0 for the autoencoder."""
+    network.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for batch in batches:
+        images, labels = batch["image"], batch.get("label")
+        labels = None if labels is None else labels.long()
+        inputs = scale_images(images)
+        outputs = network(inputs)
+        if mode == "autoencoder":
+            loss_sum += nn.functional.mse_loss(outputs, inputs, reduction="sum").item() / inputs[0].numel()
+        else:
+            loss_sum += nn.functional.cross_entropy(outputs, labels, reduction="sum").item()
+            correct += int((outputs.argmax(1) == labels).sum())
+        seen += len(images)
+    return loss_sum, correct, seen
+
+
+def build_optimizer(network: nn.Module, config: TrainConfig):
+    params = [p for p in network.parameters() if p.requires_grad]
+    # fused: one kernel for the whole update, 1.4x faster steps on CPU (BENCHMARKS.md)
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    return optimizer, scheduler
+
+
+# --- Ray Train: the loop each worker runs ----------------------------------------------------
+
+
+def train_loop_per_worker(loop: dict) -> None:
+    """Runs on every Ray Train worker; ``loop`` carries plain values only (see ``train``)."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig(**loop["train"])
+    torch.set_num_threads(loop["threads"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+
+    model = Autoencoder(ModelSpec(**loop["spec"]))
+    model.load_state_dict(loop["initial_state"])
+    if config.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    network = training_network(model, config.mode)
+    optimizer, scheduler = build_optimizer(network, config)
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # a rerun of the same run, or a restart after a worker failure
+        with checkpoint.as_directory() as folder:
+            state = _torch_load(Path(folder) / STATE_FILE)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), json.loads(state["history"])
+        if rank == 0:
+            print(f"[train] resuming after epoch {start_epoch} of {config.epochs}", flush=True)
+
+    network = ray.train.torch.prepare_model(network)
+    device = ray.train.torch.get_device()
+    columns = ["image"] if config.mode == "autoencoder" else ["image", "label"]
+    per_worker_batch = config.batch_size // world
+    train_shard = ray.train.get_dataset_shard("train")
+    test_shard = ray.train.get_dataset_shard("test")
+
+    def batches(shard, epoch: int | None):
+        shuffle = {} if epoch is None else dict(
+            local_shuffle_buffer_size=LOCAL_SHUFFLE_BUFFER, local_shuffle_seed=config.seed * 10_000 + epoch * 100 + rank
+        )
+        for batch in shard.iter_torch_batches(batch_size=per_worker_batch, device=device, prefetch_batches=2, **shuffle):
+            yield {name: batch[name] for name in columns}
+
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        train_loss, train_seen = train_epoch(network, batches(train_shard, epoch), optimizer, config.mode)
+        seconds = time.perf_counter() - started
+        scheduler.step()
+        test_loss, correct, test_seen = evaluate(network, batches(test_shard, None), config.mode)
+        train_loss, train_seen, test_loss, correct, test_seen = _sum_over_workers(
+            [train_loss, train_seen, test_loss, correct, test_seen], device
+        )
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss / max(train_seen, 1),
+            "test_loss": test_loss / max(test_seen, 1),
+            "test_accuracy": correct / test_seen if config.mode == "classifier" and test_seen else None,
+            "images_per_s": train_seen / seconds,
+            "epoch_seconds": seconds,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_images": int(train_seen),
+            "test_images": int(test_seen),
+        }
+        history.append(metrics)
+        if rank == 0:
+            _print_progress(metrics, config)
+            write_metrics(Path(loop["run_dir"]), history)
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "history": json.dumps(history),
+                    },
+                    Path(folder) / STATE_FILE,
+                )
+                ray.train.report(_numeric(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(_numeric(metrics), checkpoint=None)
+
+
+def _sum_over_workers(values: list[float], device) -> list[float]:
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    return totals.tolist()
+
+
+def _numeric(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _print_progress(metrics: dict, config: TrainConfig) -> None:
+    accuracy = f"  test acc {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else ""
+    print(
+        f"[train] epoch {metrics['epoch']}/{config.epochs}  train loss {metrics['train_loss']:.5f}  "
+        f"test loss {metrics['test_loss']:.5f}{accuracy}  {metrics['images_per_s']:,.0f} images/s",
+        flush=True,
+    )
+
+
+def _torch_load(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """The whole history, rewritten atomically: a resumed run never repeats an epoch's line."""
+    write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    history: list[dict]
+    resumed: bool
+
+
+def plan_resources(config: TrainConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[float, int]:
+    """(CPUs each worker reserves, torch threads each worker uses).
+
+    Workers leave one CPU of the cluster to Ray Data, which would otherwise wait forever for a
+    CPU to feed them on a small machine."""
+    if config.gpus_per_worker > 0 and config.workers * config.gpus_per_worker > cluster_gpus:
+        raise ResourceError(
+            f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker} needs "
+            f"{config.workers * config.gpus_per_worker:g} GPUs; the cluster has {cluster_gpus:g}"
+        )
+    spare = max(cluster_cpus - 1.0, cluster_cpus / 2)
+    cpus = config.cpus_per_worker or max(0.25, spare / config.workers)
+    if config.workers * cpus > cluster_cpus:
+        raise ResourceError(
+            f"--workers {config.workers} x {cpus:g} CPUs each needs {config.workers * cpus:g} CPUs; "
+            f"the cluster has {cluster_cpus:g}. Use fewer workers or a smaller --cpus-per-worker "
+            "(training would otherwise wait forever for resources)"
+        )
+    threads = max(1, int(round(cluster_cpus / config.workers)) if config.cpus_per_worker is None else int(cpus))
+    return cpus, threads
+
+
+def initial_model(spec: ModelSpec, config: TrainConfig) -> Autoencoder:
+    """Fresh weights (seeded), with the encoder of ``init_from`` when transferring."""
+    torch.manual_seed(config.seed)
+    model = Autoencoder(spec)
+    if config.init_from:
+        source, _ = load_model(config.init_from)
+        if source.spec.image_shape != spec.image_shape:
+            raise ValueError(
+                f"--init-from {config.init_from}: its encoder takes images {source.spec.image_shape}, "
+                f"this data is {spec.image_shape}"
+            )
+        model.encoder.load_state_dict(source.encoder.state_dict())
+        if config.mode == "autoencoder":  # the classifier's head is kept for the way back
+            model.classifier.load_state_dict(source.classifier.state_dict())
+    return model
+
+
+def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainResult:
+    """Train into ``run_dir``; a rerun resumes after the last finished epoch (or does nothing)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.runtime import cluster_cpus, cluster_gpus
+
+    run_dir = Path(run_dir).resolve()
+    cpus, threads = plan_resources(config, cluster_cpus(), cluster_gpus())
+    train_source = load_images(data, "train")
+    test_source = load_images(data, "test")
+    if config.mode == "classifier" and not train_source.class_names:
+        raise ValueError(f"--mode classifier needs labels; {train_source.name} has none (a flat folder)")
+    spec = ModelSpec(
+        height=train_source.height,
+        width=train_source.width,
+        channels=train_source.channels,
+        num_classes=max(1, train_source.num_classes),
+    )
+    done = read_metrics(run_dir)
+    if (run_dir / MODEL_FILE).exists() and done and done[-1]["epoch"] >= config.epochs:
+        print(f"[train] {run_dir} already holds {done[-1]['epoch']} epochs; nothing to do")
+        return TrainResult(run_dir, run_dir / MODEL_FILE, done, resumed=True)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loop = {
+        "train": asdict(config),
+        "spec": asdict(spec),
+        "threads": threads,
+        "run_dir": str(run_dir),
+        # Travels with the config, so workers on any node start from the same (seeded or
+        # transferred) weights without reading the driver's files.
+        "initial_state": initial_model(spec, config).state_dict(),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker={"CPU": cpus, **({"GPU": config.gpus_per_worker} if config.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={
+            "train": train_source.dataset.select_columns(["image", "label"]),
+            "test": test_source.dataset.select_columns(["image", "label"]),
+        },
+    )
+    result = trainer.fit()
+    return finish(run_dir, result.checkpoint, spec, test_source, config)
+
+
+def finish(run_dir: Path, checkpoint, spec: ModelSpec, test_source: ImageSource, config: TrainConfig) -> TrainResult:
+    """From the last checkpoint: the final model file, metrics.jsonl and the figures."""
+    with checkpoint.as_directory() as folder:
+        state = _torch_load(Path(folder) / STATE_FILE)
+    history = json.loads(state["history"])
+    model = Autoencoder(spec)
+    model.load_state_dict(state["model"])
+    model.eval()
+    save_model(run_dir / MODEL_FILE, model, mode=config.mode, epochs=len(history), dataset=test_source.name)
+    write_metrics(run_dir, history)
+    plots.loss_curve(history, run_dir / "loss_curve.png", title=f"{config.mode} on {test_source.name}")
+    sample = test_source.dataset.take_batch(8, batch_format="numpy")["image"]
+    with torch.no_grad():
+        inputs = scale_images(torch.from_numpy(np.array(sample)))
+        reconstructions = model(inputs)[0]
+    plots.image_grid(
+        [inputs.numpy(), reconstructions.numpy()],
+        run_dir / "reconstructions.png",
+        ["test images", "reconstructions"],
+        title=f"epoch {len(history)}",
+    )
+    last = history[-1]
+    print(
+        f"[train] done: {len(history)} epochs, test loss {last['test_loss']:.5f}"
+        + (f", test accuracy {last['test_accuracy']:.4f}" if last.get("test_accuracy") is not None else "")
+        + f"; model in {run_dir / MODEL_FILE}"
+    )
+    return TrainResult(run_dir, run_dir / MODEL_FILE, history, resumed=False)

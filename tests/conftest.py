@@ -1,0 +1,42 @@
+"""Shared fixtures: one local Ray instance per test session, and the real data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FACES_DEFAULT = REPO.parent / "shared" / "data" / "faces" / "att_faces"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray on loopback, shared by every test that needs one (a start costs seconds)."""
+    import ray
+
+    from pipelines.runtime import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    """The AT&T/ORL faces; a missing copy fails the tests that need it (never skips them)."""
+    path = Path(os.environ.get("FEATURELENS_FACES_DIR", FACES_DEFAULT))
+    assert (path / "s1").is_dir(), (
+        f"the ORL faces are missing at {path}: set FEATURELENS_FACES_DIR or place shared/ beside the repo"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The official Fashion-MNIST files (Debian package dataset-fashion-mnist, installed by .ci/run)."""
+    from pipelines.data import find_fashion_mnist
+
+    return find_fashion_mnist()
