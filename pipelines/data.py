@@ -439,7 +439,7 @@ def write_image_shards(source: ImageSource, out_dir: str | Path) -> None:
         (tmp / CLASS_NAMES_FILE).write_text("\n".join(source.class_names) + "\n")
 
 
-CLASS_NAMES_FILE = "class_names.txt"
+CLASS_NAMES_FILE = "_class_names.txt"  # "_": pyarrow and Ray skip it when reading the folder
 
 
 def load_image_shards(config: DataConfig, split: str) -> ImageSource:

@@ -40,3 +40,15 @@ def fashion_mnist_dir() -> Path:
     from pipelines.data import find_fashion_mnist
 
     return find_fashion_mnist()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory) -> Path:
+    """An autoencoder trained by Ray Train (2 workers, 2 epochs) on 1,024 real Fashion-MNIST
+    images: the one training run that the feature, stability and report tests share."""
+    from pipelines.config import DataConfig, TrainConfig
+    from pipelines.training import train
+
+    run_dir = tmp_path_factory.mktemp("tiny") / "train"
+    train(DataConfig(limit=1024), TrainConfig(epochs=2, workers=2, batch_size=64), run_dir)
+    return run_dir

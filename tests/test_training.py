@@ -1,0 +1,113 @@
+"""Training: the plain PyTorch step, and Ray Train runs on real Fashion-MNIST subsets."""
+
+import json
+
+import pytest
+import torch
+
+from pipelines.config import DataConfig, TrainConfig
+from pipelines.data import fashion_mnist_arrays
+from pipelines.model import Autoencoder, ModelSpec, load_model, save_model
+from pipelines.training import (
+    ResourceError,
+    build_optimizer,
+    evaluate,
+    initial_model,
+    plan_resources,
+    read_metrics,
+    train,
+    train_epoch,
+    training_network,
+)
+
+
+def real_batches(n: int, batch_size: int = 32) -> list[dict]:
+    images, labels = fashion_mnist_arrays("train")
+    return [
+        {"image": torch.from_numpy(images[i : i + batch_size].copy()), "label": torch.from_numpy(labels[i : i + batch_size])}
+        for i in range(0, n, batch_size)
+    ]
+
+
+@pytest.mark.parametrize("mode", ["autoencoder", "classifier"])
+def test_plain_training_step_lowers_the_loss_without_ray(mode):
+    torch.manual_seed(0)
+    model = Autoencoder()
+    network = training_network(model, mode)
+    optimizer, _ = build_optimizer(network, TrainConfig(mode=mode, classifier_lr=1e-3))
+    batches = real_batches(512)
+    before, _, seen = evaluate(network, batches, mode)
+    for _ in range(3):
+        train_epoch(network, batches, optimizer, mode)
+    after, correct, _ = evaluate(network, batches, mode)
+    assert after < 0.7 * before
+    if mode == "classifier":
+        assert correct / seen > 0.5
+
+
+def test_resources_leave_a_cpu_for_ray_data():
+    cpus, threads = plan_resources(TrainConfig(workers=2), cluster_cpus=2, cluster_gpus=0)
+    assert cpus * 2 <= 1.0 and threads == 1
+    cpus, threads = plan_resources(TrainConfig(workers=1), cluster_cpus=2, cluster_gpus=0)
+    assert cpus <= 1.0 and threads == 2
+
+
+def test_more_workers_than_the_cluster_holds_is_a_clear_error():
+    with pytest.raises(ResourceError, match="the cluster has 2"):
+        plan_resources(TrainConfig(workers=4, cpus_per_worker=1), cluster_cpus=2, cluster_gpus=0)
+    with pytest.raises(ResourceError, match="GPUs"):
+        plan_resources(TrainConfig(workers=1, gpus_per_worker=1), cluster_cpus=2, cluster_gpus=0)
+
+
+def test_two_worker_ray_train_run_lowers_the_loss_and_writes_its_outputs(tiny_run):
+    history = read_metrics(tiny_run)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert history[1]["test_loss"] < history[0]["test_loss"]
+    assert history[0]["train_images"] == 1024  # both workers' shards counted
+    for name in ("model.pt", "metrics.jsonl", "loss_curve.png", "reconstructions.png"):
+        assert (tiny_run / name).stat().st_size > 0, name
+    assert list(tiny_run.glob("checkpoint_*/state.pt"))
+    model, info = load_model(tiny_run)
+    assert model.spec == ModelSpec() and info["epochs"] == 2
+
+
+@pytest.fixture(scope="module")
+def classifier_run(ray_session, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("classifier") / "run"
+    config = TrainConfig(mode="classifier", epochs=1, workers=1, classifier_lr=1e-3)
+    train(DataConfig(limit=512), config, run_dir)
+    return run_dir
+
+
+def test_interrupted_run_resumes_after_its_last_epoch(classifier_run):
+    first = read_metrics(classifier_run)
+    (classifier_run / "model.pt").unlink()  # as if killed after epoch 1's checkpoint
+    config = TrainConfig(mode="classifier", epochs=2, workers=1, classifier_lr=1e-3)
+    result = train(DataConfig(limit=512), config, classifier_run)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert result.history[0] == first[0]  # epoch 1 was not run again
+    assert [json.loads(line)["epoch"] for line in (classifier_run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert result.history[1]["test_accuracy"] is not None
+    assert load_model(classifier_run)[1]["epochs"] == 2
+    # A rerun of a finished run does nothing and says so.
+    again = train(DataConfig(limit=512), config, classifier_run)
+    assert again.resumed and again.history == result.history
+
+
+def test_transfer_starts_from_the_classifier_encoder(classifier_run, tmp_path):
+    classifier, _ = load_model(classifier_run)
+    start = initial_model(ModelSpec(), TrainConfig(mode="autoencoder", init_from=str(classifier_run)))
+    for name, tensor in classifier.encoder.state_dict().items():
+        assert torch.equal(start.encoder.state_dict()[name], tensor), name
+    fresh = initial_model(ModelSpec(), TrainConfig(mode="autoencoder"))
+    assert not torch.equal(fresh.encoder[0].weight, classifier.encoder[0].weight)
+
+    result = train(DataConfig(limit=512), TrainConfig(epochs=1, workers=1, init_from=str(classifier_run)), tmp_path / "ae")
+    assert result.history[0]["test_loss"] < 0.2
+
+
+def test_transfer_refuses_an_encoder_of_another_image_size(tmp_path):
+    save_model(tmp_path / "model.pt", Autoencoder(ModelSpec(64, 64)))
+    with pytest.raises(ValueError, match="takes images"):
+        initial_model(ModelSpec(), TrainConfig(init_from=str(tmp_path)))
