@@ -151,8 +151,9 @@ def test_pairwise_seed_agreement():
     labelings = np.vstack([base, (base + 1) % 3, [0, 1, 0, 1, 0, 1]])
     result = pairwise_seed_agreement(labelings, "hungarian")
     assert result["n_pairs"] == 3
-    # Pairs: (base, relabelled base) = 1; each with the alternating labeling = 4/6.
-    assert result["mean"] == pytest.approx((1 + 4 / 6 + 4 / 6) / 3)
+    # Pairs: (base, relabelled base) = 1; with the alternating labeling every
+    # cell of the contingency matrix is 1, so only 2 of the 6 points can agree.
+    assert result["mean"] == pytest.approx((1 + 2 / 6 + 2 / 6) / 3)
     assert result["std"] > 0
     assert pairwise_seed_agreement(np.vstack([base, base, base])) == {
         "mean": 1.0,
@@ -200,7 +201,8 @@ def test_bootstrap_jaccard_and_mean_skip_absent():
     )
     assert jaccard.shape == (2, 3)
     # Cluster 2 is absent from the first resample: its mean is over the second only.
-    np.testing.assert_allclose(mean_jaccard_per_cluster(jaccard), [(1 + 1 / 2) / 2, (1 + 2 / 3) / 2, 1])
+    expected = [(1 + 1 / 2) / 2, (1 + 2 / 3) / 2, 1]
+    np.testing.assert_allclose(mean_jaccard_per_cluster(jaccard), expected)
 
 
 @pytest.mark.parametrize(
@@ -255,7 +257,10 @@ def _kmeans(k):
 def test_resample_stability_separates_blobs_from_noise(draw):
     n = 300
     blobs, _ = make_blobs(n, centers=[[0, 0], [10, 0], [0, 10]], cluster_std=1.0, random_state=0)
-    noise = np.random.default_rng(1).uniform(size=(n, 2))
+    # 5-D: on the 2-D unit square a well-optimised KMeans tiling with k=5 is
+    # itself reproducible (stability tracks the objective's symmetry, not
+    # structure), so it would not serve as the structureless case.
+    noise = np.random.default_rng(1).uniform(size=(n, 5))
     indices = draw(n, 15, 0)
 
     on_blobs = resample_stability(blobs, _kmeans(3), _kmeans(3)(blobs, 99), indices)
