@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m jobs.train --mode autoencoder --dataset fashion-mnist --epochs 2 --run-dir runs/fashion-mnist/train
+	$(PY) -m jobs.pipeline --config configs/fashion-mnist.toml --run-dir runs/fashion-mnist
 
 test: $(STAMP)
 	$(PY) -m pytest

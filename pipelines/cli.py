@@ -14,20 +14,25 @@ from typing import Any, TypeVar
 Config = TypeVar("Config")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, prefix: str = "") -> None:
-    """One ``--option`` per field of ``config_class`` (underscores become dashes)."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_class: type, prefix: str = "", overrides_only: bool = False
+) -> None:
+    """One ``--option`` per field of ``config_class`` (underscores become dashes).
+
+    With ``overrides_only`` an option left out is absent from the parsed namespace, so that it
+    does not override a value from a config file; ``--help`` still shows the default."""
     group = parser.add_argument_group(f"{prefix}{config_class.__name__}", config_class.__doc__)
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
         kind = _base_type(hints[field.name])
         flag = f"--{prefix}{field.name.replace('_', '-')}"
         help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
+        default = argparse.SUPPRESS if overrides_only else field.default
+        dest = prefix.replace("-", "_") + field.name
         if kind is bool:
-            group.add_argument(flag, dest=prefix.replace("-", "_") + field.name, action=argparse.BooleanOptionalAction,
-                               default=field.default, help=help_text)
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            group.add_argument(flag, dest=prefix.replace("-", "_") + field.name, type=kind, default=field.default,
-                               metavar=kind.__name__.upper(), help=help_text)
+            group.add_argument(flag, dest=dest, type=kind, default=default, metavar=kind.__name__.upper(), help=help_text)
 
 
 def config_from_arguments(args: argparse.Namespace, config_class: type[Config], prefix: str = "") -> Config:

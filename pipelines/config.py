@@ -157,6 +157,16 @@ class StabilityConfig:
     resamples: int = opt(20, "bootstrap and 80%-subsample resamples per k (0: skip them)")
     subsample_fraction: float = opt(0.8, "share of the points in each subsample")
     silhouette_sample: int = opt(2000, "points in the fixed sample the silhouette is computed on")
+    cpus_per_trial: float | None = opt(
+        None,
+        "CPUs each Tune trial (one k, all its seeds and resamples) holds; its fits use as many threads. "
+        "Default: the cluster's CPUs shared out over the k to compute, at least 1",
+    )
+    heatmap_k: int | None = opt(
+        None,
+        "k whose class x cluster counts (seed 0) are drawn as a heatmap; default: the re-clustering "
+        "k (ReclusterConfig.k) when swept, else the smallest k",
+    )
 
     def __post_init__(self) -> None:
         ks = self.k_values
@@ -168,6 +178,10 @@ class StabilityConfig:
             raise ValueError(f"resamples must be >= 0, got {self.resamples}")
         if not 0.0 < self.subsample_fraction < 1.0:
             raise ValueError(f"subsample_fraction must be in (0, 1), got {self.subsample_fraction}")
+        if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
+            raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.heatmap_k is not None and self.heatmap_k not in ks:
+            raise ValueError(f"heatmap_k={self.heatmap_k} is not among the k swept ({self.k})")
 
     @property
     def k_values(self) -> list[int]:
@@ -182,6 +196,9 @@ class ReclusterConfig:
     k_re: int = opt(2, "groups to re-cluster the classes into")
     method: str = opt("membership", "membership (default), centroid, or seed (the seed's table; k = 2 only)")
     min_share: float = opt(0.5, "report class groups that recur in at least this share of seeds")
+    allow_nominal_mean: bool = opt(
+        False, "let method seed run for k > 2 (the legacy computation on nominal cluster indices; warns)"
+    )
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, ("membership", "centroid", "seed"))
@@ -189,6 +206,23 @@ class ReclusterConfig:
             raise ValueError(f"k and k_re must be >= 2, got k={self.k}, k_re={self.k_re}")
         if not 0.0 < self.min_share <= 1.0:
             raise ValueError(f"min_share must be in (0, 1], got {self.min_share}")
+
+
+@dataclass
+class ReportConfig:
+    """The run report."""
+
+    prototype_k: str = opt(
+        "auto", "k whose decoded cluster prototypes are shown: a list 2,10, or auto (the re-clustered k "
+        "and the number of classes)"
+    )
+    nearest: int = opt(8, "real images shown beside each decoded prototype")
+
+    def __post_init__(self) -> None:
+        if self.prototype_k != "auto":
+            parse_k(self.prototype_k)
+        if self.nearest < 1:
+            raise ValueError(f"nearest must be >= 1, got {self.nearest}")
 
 
 def parse_k(text: str) -> list[int]:
