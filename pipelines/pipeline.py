@@ -149,14 +149,13 @@ def run_extract(run_dir: Path, config: PipelineConfig) -> str:
 def run_stability_stage(run_dir: Path, config: PipelineConfig) -> str:
     from pipelines.clustering import load_sweep_data, run_stability
 
-    outcome = run_stability(load_sweep_data(run_dir / "features"), config.stability, run_dir / "stability")
-    return outcome.summary_line() if hasattr(outcome, "summary_line") else f"k = {config.stability.k}"
+    return run_stability(load_sweep_data(run_dir / "features"), config.stability, run_dir / "stability").line()
 
 
 def run_recluster_stage(run_dir: Path, config: PipelineConfig) -> str:
-    from pipelines.regroup import run_recluster
+    from pipelines.regroup import run_regroup
 
-    return run_recluster(run_dir / "stability", run_dir / "features", config.recluster, run_dir / "recluster")
+    return run_regroup(run_dir / "stability", run_dir / "features", config.recluster, run_dir / "recluster").line()
 
 
 def run_report_stage(run_dir: Path, config: PipelineConfig) -> str:
@@ -219,15 +218,14 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, from_stage: str | 
     if from_stage is not None:
         for stage in STAGES[STAGES.index(from_stage):]:
             shutil.rmtree(run_dir / STAGE_DIRS[stage], ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / CONFIG_FILE, to_toml(config.to_dict()))
-    write_json_atomic(run_dir / "config.json", config.to_dict())
-
-    times = json.loads((run_dir / STAGES_FILE).read_text()) if (run_dir / STAGES_FILE).exists() else {}
     pending = [stage for stage in STAGES if not stage_done(run_dir, stage, config)]
     if not pending:
         print(f"[pipeline] every stage of {run_dir} is done; nothing to do (use --from STAGE to recompute)")
         return run_dir / "report" / "report.html"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / CONFIG_FILE, to_toml(config.to_dict()))
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    times = json.loads((run_dir / STAGES_FILE).read_text()) if (run_dir / STAGES_FILE).exists() else {}
     init_ray()
     for stage in STAGES:
         if stage not in pending:

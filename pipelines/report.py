@@ -176,12 +176,12 @@ def data_section(run_dir: Path, features) -> Section:
     classes = pd.DataFrame(
         {"class": [features.class_names[i] for i in counts.index], "images": counts.values}
     ) if len(counts) else pd.DataFrame({"class": [], "images": []})
-    skipped = metadata.get("skipped_images") or []
+    skipped = metadata.get("skipped") or []
     paragraphs = [
         f"Dataset {metadata.get('dataset', '?')}: {history[-1]['train_images'] if history else '?'} training images; "
         f"{len(features.ids):,} images of the {metadata.get('split', '?')} split encoded to "
         f"{features.X.shape[1]}-d features; image size {metadata.get('image_size', '?')}, "
-        f"mode {metadata.get('color', metadata.get('mode', '?'))}; {len(features.class_names)} classes.",
+        f"color {metadata.get('color', '?')}; {len(features.class_names)} classes.",
         f"Unreadable images skipped: {len(skipped)}." + (" They are listed in the feature table's metadata." if skipped else ""),
     ]
     return Section("Data", paragraphs, [("Images per class (encoded split)", classes)] if len(classes) else [])

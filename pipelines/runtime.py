@@ -22,21 +22,25 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(**quiet)
     else:
         # The dashboard serves Ray's state API, which Ray Train polls to clean up after a dead
-        # run; it listens on loopback only.
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            num_cpus=num_cpus,
-            **quiet,
-        )
+        # run; it listens on loopback only. On an overloaded machine its modules can miss their
+        # start-up timeout: Ray then runs without it (Ray Train only logs that it cannot poll).
+        local = dict(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, **quiet)
+        try:
+            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **local)
+        except Exception as error:  # noqa: BLE001 - any dashboard failure: go on without it
+            log.warning("Ray's dashboard did not start (%s); starting Ray without it", str(error).strip().splitlines()[0])
+            ray.shutdown()
+            ray.init(include_dashboard=False, **local)
     quiet_ray_data()
 
 
 def quiet_ray_data() -> None:
     """Batch logs keep Ray Data's progress lines but not its per-dataset plan dumps."""
-    ray.data.DataContext.get_current().print_on_execution_start = False
+    context = ray.data.DataContext.get_current()
+    context.print_on_execution_start = False
+    # Ray 2.58's new Parquet reader drops a column named `path` (ray-project/ray#63757), which
+    # the image and feature schemas both have.
+    context.use_datasource_v2 = False
 
 
 def cluster_cpus() -> float:

@@ -52,3 +52,14 @@ def tiny_run(ray_session, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny") / "train"
     train(DataConfig(limit=1024), TrainConfig(epochs=2, workers=2, batch_size=64), run_dir)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_run, tmp_path_factory) -> Path:
+    """The feature table (a folder of Parquet files) of ``tiny_run``'s encoder over the first
+    1,000 Fashion-MNIST test images, extracted once by Ray Data for the tests that share it."""
+    from pipelines.config import DataConfig, ExtractConfig
+    from pipelines.features import extract_features
+
+    out = tmp_path_factory.mktemp("tiny-features") / "features"
+    return extract_features(DataConfig(limit=1000), ExtractConfig(checkpoint=str(tiny_run), split="test"), out)

@@ -1,0 +1,101 @@
+"""The pipeline job end to end on a tiny real run, its resume rules, and the report in a browser."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.config import DataConfig, ExtractConfig, ReclusterConfig, StabilityConfig, TrainConfig
+from pipelines.pipeline import PipelineConfig, run_pipeline
+
+REPORT_SECTIONS = ["Run", "Data", "Training", "Cluster stability", "Class re-clustering", "Decoded cluster prototypes"]
+
+
+def tiny_config() -> PipelineConfig:
+    """The settings of the shared `tiny_run` (so its training is reused) and a small sweep."""
+    return PipelineConfig(
+        data=DataConfig(limit=1024),
+        train=TrainConfig(epochs=2, workers=2, batch_size=64),
+        extract=ExtractConfig(split="test"),
+        stability=StabilityConfig(k="2-4", seeds=3, resamples=3),
+        recluster=ReclusterConfig(k=2, k_re=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_run, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    shutil.copytree(tiny_run, run_dir / "train")  # the train stage finds its output and is skipped
+    run_pipeline(tiny_config(), run_dir)
+    return run_dir
+
+
+def test_every_stage_leaves_its_output_and_time(pipeline_run):
+    stages = json.loads((pipeline_run / "stages.json").read_text())
+    assert list(stages) == ["extract", "stability", "recluster", "report"]  # train was already done
+    assert all(info["seconds"] >= 0 and info["summary"] for info in stages.values())
+    for path in ("config.toml", "features", "stability/summary.csv", "recluster/groups.json", "report/report.html", "report/report.md"):
+        assert (pipeline_run / path).exists(), path
+    assert "epochs = 2" in (pipeline_run / "config.toml").read_text()
+    groups = json.loads((pipeline_run / "recluster" / "groups.json").read_text())
+    assert groups["k"] == 2 and groups["groups"]
+
+
+def test_rerun_of_a_finished_pipeline_does_nothing_and_says_so(pipeline_run, capsys):
+    before = {p: p.stat().st_mtime for p in pipeline_run.rglob("*") if p.is_file()}
+    run_pipeline(tiny_config(), pipeline_run)
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime for p in pipeline_run.rglob("*") if p.is_file()} == before
+
+
+def test_changed_options_of_a_finished_stage_are_refused(pipeline_run):
+    config = tiny_config()
+    config.stability = StabilityConfig(k="2-4", seeds=4, resamples=3)
+    with pytest.raises(ValueError, match=r"stability.seeds: 3 -> 4.*--from stability"):
+        run_pipeline(config, pipeline_run)
+
+
+def test_from_stage_recomputes_that_stage_and_later(pipeline_run):
+    features_mtime = (pipeline_run / "features").stat().st_mtime
+    report_mtime = (pipeline_run / "report" / "report.html").stat().st_mtime
+    run_pipeline(tiny_config(), pipeline_run, from_stage="report")
+    assert (pipeline_run / "features").stat().st_mtime == features_mtime
+    assert (pipeline_run / "report" / "report.html").stat().st_mtime > report_mtime
+
+
+def test_report_markdown_has_every_section(pipeline_run):
+    text = (pipeline_run / "report" / "report.md").read_text()
+    for title in REPORT_SECTIONS:
+        assert f"## {title}\n" in text, title
+
+
+def test_report_renders_in_headless_chromium_with_all_its_figures(pipeline_run):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get((pipeline_run / "report" / "report.html").as_uri())
+        headings = [h.text for h in driver.find_elements("tag name", "h2")]
+        assert headings == REPORT_SECTIONS
+        images = driver.find_elements("tag name", "img")
+        assert len(images) >= 6
+        for image in images:  # every figure decoded and laid out
+            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+        assert driver.find_elements("css selector", "table")
+    finally:
+        driver.quit()
+
+
+def test_pipeline_help_shows_every_option_with_its_default():
+    out = subprocess.run([sys.executable, "-m", "jobs.pipeline", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--dataset", "--train-epochs", "--extract-split", "--stability-seeds", "--recluster-k-re", "--from"):
+        assert flag in out
+    assert "(default: 2-10)" in out
