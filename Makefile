@@ -21,8 +21,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m jobs.pipeline --config configs/fashion-mnist.toml --run-dir runs/fashion-mnist
 
+# The cluster test runs `ray stop` at its end, so it gets a pytest session of its own, last.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not cluster"
+	$(PY) -m pytest -m cluster
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -20,10 +20,11 @@ def main() -> None:
     args = parser.parse_args()
 
     def job() -> None:
+        # The options are checked first: a bad one fails in a moment, before torch and Ray load.
+        data, config = config_from_arguments(args, DataConfig), config_from_arguments(args, TrainConfig)
         from pipelines.runtime import init_ray
         from pipelines.training import train
 
-        data, config = config_from_arguments(args, DataConfig), config_from_arguments(args, TrainConfig)
         init_ray()
         train(data, config, args.run_dir)
 

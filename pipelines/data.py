@@ -95,7 +95,13 @@ def load_images(config: DataConfig, split: str = "train") -> ImageSource:
 
 def find_fashion_mnist(data_dir: str | None = None) -> Path:
     """The folder with the four IDX files: ``data_dir``, $FASHION_MNIST_DIR, the Debian package's
-    folder, else torchvision's download into ~/.cache/featurelens."""
+    folder, else torchvision's download into ~/.cache/featurelens.
+
+    A ``data_dir`` given explicitly must hold the files: DataError names the ones it lacks,
+    rather than quietly reading another copy."""
+    if data_dir and not _has_fashion_mnist(Path(data_dir)):
+        missing = [name for name in sum(FASHION_MNIST_FILES.values(), ()) if not (Path(data_dir) / name).is_file()]
+        raise DataError(f"{data_dir}: not a Fashion-MNIST folder, it lacks {', '.join(missing)}")
     tried = []
     for candidate in (data_dir, os.environ.get("FASHION_MNIST_DIR"), DEBIAN_FASHION_MNIST_DIR):
         if candidate:
@@ -318,8 +324,10 @@ def decode_image(path: str, height: int, width: int, mode: str) -> np.ndarray:
             image.load()
             return to_array(image, height, width, mode)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        reason = "empty file (0 bytes)" if size == 0 else f"cannot decode: {error}"
+        if not os.path.exists(path):
+            reason = "no such file"
+        else:
+            reason = "empty file (0 bytes)" if os.path.getsize(path) == 0 else f"cannot decode: {error}"
         raise DataError(f"{path}: {reason}") from None
 
 
@@ -348,22 +356,17 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
 
     The scan decodes each image once up front so that a bad file stops the job before any
     training or writing starts (on_bad_image=error), naming every bad file rather than only the
-    first; with on_bad_image=skip the bad files are left out and returned in ``skipped``."""
+    first (the other split's too, so that one fix covers the training job's both loads); with
+    on_bad_image=skip the bad files are left out and returned in ``skipped``."""
     if config.data_dir is None:
         raise DataError("dataset 'images' needs --data-dir: the folder of images to read")
-    manifest, class_names = list_image_folder(config.data_dir)
-    manifest = manifest.filter(pa.array(in_split(manifest["path"].to_pylist(), split, config.test_fraction)))
-    if config.limit is not None:
-        manifest = manifest.slice(0, config.limit)
+    folder, class_names = list_image_folder(config.data_dir)
+    manifest = split_manifest(folder, split, config)
     height, width = config.size or _first_readable_size(manifest["path"].to_pylist())
-    bad = (
-        ray.data.from_arrow(manifest_blocks(manifest))
-        .map_batches(find_bad_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.color))
-        .to_arrow_refs()
-    )
-    bad = pa.concat_tables(ray.get(bad)) if bad else pa.table({"path": [], "error": []})
-    skipped = sorted(zip(bad["path"].to_pylist(), bad["error"].to_pylist()))
+    skipped = scan_bad_images(manifest, height, width, config.color)
     if skipped and config.on_bad_image == "error":
+        for other in {"train": ["test"], "test": ["train"]}.get(split, []):
+            skipped = sorted(skipped + scan_bad_images(split_manifest(folder, other, config), height, width, config.color))
         listing = "\n  ".join(error for _, error in skipped[:20])
         more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
         raise DataError(
@@ -391,6 +394,25 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
         channels=config.channels,
         skipped=skipped,
     )
+
+
+def split_manifest(manifest: pa.Table, split: str, config: DataConfig) -> pa.Table:
+    """The manifest rows of ``split``, the first ``config.limit`` of them when limited."""
+    manifest = manifest.filter(pa.array(in_split(manifest["path"].to_pylist(), split, config.test_fraction)))
+    return manifest if config.limit is None else manifest.slice(0, config.limit)
+
+
+def scan_bad_images(manifest: pa.Table, height: int, width: int, mode: str) -> list[tuple[str, str]]:
+    """(path, error) of every file of ``manifest`` that does not decode, sorted; decoded in parallel by Ray Data."""
+    if manifest.num_rows == 0:
+        return []
+    refs = (
+        ray.data.from_arrow(manifest_blocks(manifest))
+        .map_batches(find_bad_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=mode))
+        .to_arrow_refs()
+    )
+    bad = pa.concat_tables(ray.get(refs)) if refs else pa.table({"path": [], "error": []})
+    return sorted(zip(bad["path"].to_pylist(), bad["error"].to_pylist()))
 
 
 def manifest_blocks(manifest: pa.Table) -> list[pa.Table]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,10 +137,15 @@ class Autoencoder(nn.Module):
 def scale_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1].
 
-    Images travel as uint8 (4x less to move) and are scaled where the model runs."""
+    Images travel as uint8 (4x less to move) and are scaled where the model runs. The result
+    has plain NCHW strides: a permuted (N, H, W, 1) view is NCHW and channels-last at once, and
+    then the first convolution's weight gradient comes out channels-last, which DDP copies into
+    its bucket every step with the warning "Grad strides do not match bucket view strides"."""
     if images.dim() == 3:
-        images = images.unsqueeze(-1)
-    return images.permute(0, 3, 1, 2).float().div_(255.0)
+        images = images.unsqueeze(1)
+    else:
+        images = images.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)  # uint8: a cheap copy
+    return images.float().div_(255.0)
 
 
 def save_model(path: str | Path, model: Autoencoder, **info: object) -> None:
@@ -172,11 +179,13 @@ def load_model(path: str | Path) -> tuple[Autoencoder, dict]:
     """Rebuild the model from a checkpoint file or run directory; returns (model in eval mode, info)."""
     file = resolve_model_path(path)
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols it did not write itself
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not ours"
         raise ValueError(
             f"{file} is not a featurelens checkpoint (a dict of state dicts readable with "
-            f"weights_only=True): {error}"
+            f"weights_only=True; anything else is refused, never unpickled): {unpickling_reason(error)}"
         ) from None
     if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
         raise ValueError(f"{file} is not a featurelens checkpoint: expected keys 'spec' and 'state_dict'")
@@ -186,6 +195,12 @@ def load_model(path: str | Path) -> tuple[Autoencoder, dict]:
     except RuntimeError as error:
         raise ValueError(f"{file} holds weights of another architecture: {error}") from None
     return model.eval(), json.loads(payload.get("info", "{}"))
+
+
+def unpickling_reason(error: Exception) -> str:
+    """The gist of torch's refusal (its message runs to a paragraph, and advises weights_only=False)."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", str(error), re.DOTALL)
+    return found.group(1).strip() if found else f"{type(error).__name__}: {error}"
 
 
 def fingerprint(model: nn.Module) -> str:

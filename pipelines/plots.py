@@ -58,3 +58,71 @@ def image_grid(rows: list[np.ndarray], path: str | Path, row_titles: list[str], 
         axes[r][0].set_title(label, fontsize=8, loc="left")
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
+
+
+# --- cluster stability (pipelines.clustering, pipelines.regroup) --------------------------------
+
+
+def stability_vs_k(summary, path: str | Path, title: str = "") -> Path:
+    """Per k (a DataFrame of pipelines.clustering.summary_row): agreement between seeds and on
+    subsamples, mean ± std; beside it ACC, NMI and ARI against the classes when there are any."""
+    with_classes = bool(summary["acc_mean"].notna().any())
+    fig, axes = plt.subplots(1, 2 if with_classes else 1, figsize=(11 if with_classes else 6, 3.6), squeeze=False)
+    panels = [(axes[0][0], "stability", [("ari", "ARI between seeds"), ("ami", "AMI between seeds"),
+                                         ("subsample_ari", "ARI on subsamples")])]
+    if with_classes:
+        panels.append((axes[0][1], "agreement with classes", [("acc", "ACC"), ("nmi", "NMI"), ("class_ari", "ARI")]))
+    for ax, ylabel, columns in panels:
+        for column, label in columns:
+            ax.errorbar(summary["k"], summary[f"{column}_mean"], yerr=summary[f"{column}_std"], marker="o",
+                        capsize=3, label=label)
+        ax.set(xlabel="k", ylabel=ylabel, ylim=(-0.05, 1.05))
+        ax.set_xticks(summary["k"])
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+# Where pipelines.stability.jaccard_verdict changes its verdict.
+HENNIG_BOUNDS = (0.5, 0.6, 0.75, 0.85)
+
+
+def cluster_jaccard(clusters, path: str | Path, title: str = "") -> Path:
+    """Every cluster's mean bootstrap Jaccard, one column of dots per k, in Hennig's verdict bands
+    (a DataFrame of pipelines.clustering.clusters_table)."""
+    from pipelines.stability import jaccard_verdict
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(clusters))
+    ax.scatter(clusters["k"] + jitter, clusters["bootstrap_jaccard"], s=18, alpha=0.8)
+    for bound in HENNIG_BOUNDS:
+        ax.axhline(bound, color="grey", lw=0.7, ls="--")
+    for low, high in zip((0.0, *HENNIG_BOUNDS), (*HENNIG_BOUNDS, 1.0)):
+        ax.text(1.01, (low + high) / 2, jaccard_verdict((low + high) / 2), fontsize=7, va="center",
+                transform=ax.get_yaxis_transform())
+    ax.set(xlabel="k", ylabel="mean bootstrap Jaccard (seed-0 clusters)", ylim=(-0.02, 1.02), title=title)
+    ax.set_xticks(sorted(clusters["k"].unique()))
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def heatmap(values: np.ndarray, row_labels: list, col_labels: list, path: str | Path, title: str = "",
+            xlabel: str = "", fmt: str = ".2f") -> Path:
+    """A table of numbers as coloured cells with the value written in each (class x cluster counts
+    or shares, class x class co-assignment)."""
+    values = np.asarray(values)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(col_labels) + 1.2, 0.9 + 0.32 * len(row_labels)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    numbered = all(isinstance(label, (int, np.integer)) for label in col_labels)
+    ax.set_xticks(range(len(col_labels)), [str(label) for label in col_labels], rotation=0 if numbered else 45,
+                  ha="center" if numbered else "right")
+    ax.set_yticks(range(len(row_labels)), [str(label) for label in row_labels])
+    if values.size <= 400:  # beyond that the numbers are unreadable
+        middle = (values.max() + values.min()) / 2
+        for (row, col), value in np.ndenumerate(values):
+            ax.text(col, row, format(value, fmt), ha="center", va="center", fontsize=7,
+                    color="black" if value > middle else "white")
+    ax.set(xlabel=xlabel, title=title)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    return save_figure(fig, path)

@@ -1,0 +1,153 @@
+"""Class re-clustering over every seed of one k of a stability sweep (the job ``jobs.recluster``).
+
+For each seed's clustering, ``pipelines.recluster.recluster_classes`` groups the classes into
+``k_re`` groups; the groupings of all seeds are then summarised by how often two classes share a
+group (co-assignment) and by the groups that recur. The maths is ``pipelines.recluster``'s; this
+module reads the sweep, loops over the seeds and writes.
+
+Output folder::
+
+    OUT/groups.json          recurring groups (class names, share of seeds), the most frequent
+                             whole grouping, method, k, k_re, n_seeds
+    OUT/co_assignment.csv    class x class: share of seeds in which two classes share a group
+    OUT/classes.csv          seed 0's per-class table: count, group, the method's description
+    OUT/plots/membership.png     class x cluster shares of seed 0, classes ordered by group
+    OUT/plots/co_assignment.png  the co-assignment table
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import plots
+from pipelines.clustering import read_labels, read_manifest
+from pipelines.config import ReclusterConfig
+from pipelines.recluster import (
+    ReclusterResult,
+    canonical_partition,
+    class_cluster_table,
+    co_assignment,
+    membership,
+    recluster_classes,
+    recurring_groups,
+)
+from pipelines.storage import atomic_output_dir, write_json_atomic
+
+
+@dataclass(frozen=True)
+class ClassLabels:
+    """The points of the sweep whose class is known: their class, their features and their clusters."""
+
+    classes: np.ndarray  # [m] class index
+    X: np.ndarray  # [m, d]
+    clusterings: np.ndarray  # [seeds, m]: cluster of each point, per seed of the sweep
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class RegroupOutcome:
+    config: ReclusterConfig
+    partition: list[list[str]]  # the most frequent grouping, as class names
+    partition_seeds: int  # seeds that gave it
+    n_seeds: int
+    out: Path
+
+    def line(self) -> str:
+        groups = " | ".join("{" + ", ".join(group) + "}" for group in self.partition)
+        return (f"k={self.config.k} → {groups} in {self.partition_seeds}/{self.n_seeds} seeds "
+                f"({self.config.method}, k_re={self.config.k_re}) → {self.out}")
+
+
+def load_class_labels(stability: str | Path, features: str | Path | None, k: int) -> ClassLabels:
+    """The sweep's clusterings of ``k`` beside the features and classes of the table it swept."""
+    from pipelines.clustering import load_sweep_data
+
+    manifest = read_manifest(stability)
+    if k not in manifest["k"]:
+        raise ValueError(f"k={k} is not in the sweep at {stability} (k: {', '.join(map(str, manifest['k']))})")
+    features = features or manifest["features"]
+    if features is None:
+        raise ValueError(f"the sweep at {stability} records no feature table: pass --features")
+    data = load_sweep_data(features)
+    if data.fingerprint != manifest["fingerprint"]:
+        raise ValueError(f"{features} is not the feature table the sweep at {stability} clustered "
+                         f"(fingerprint {data.fingerprint}, the sweep's {manifest['fingerprint']})")
+    if data.classes is None:
+        raise ValueError(f"{features} has no class labels: there are no classes to re-cluster")
+    _, clusterings = read_labels(stability, k)  # the fingerprint covers the ids
+    known = data.classes >= 0
+    return ClassLabels(data.classes[known], data.X[known], clusterings[:, known], data.class_names)
+
+
+def regroup_seeds(labels: ClassLabels, config: ReclusterConfig) -> list[ReclusterResult]:
+    """One re-clustering of the classes per seed of the sweep (its own KMeans seed, too)."""
+    return [
+        recluster_classes(config.method, class_labels=labels.classes, cluster_labels=clustering, X=labels.X,
+                          k=config.k, k_re=config.k_re, seed=seed, allow_nominal_mean=config.allow_nominal_mean)
+        for seed, clustering in enumerate(labels.clusterings)
+    ]
+
+
+def names_of(class_indices, class_ids: np.ndarray, class_names: list[str]) -> list[str]:
+    """Class names of rows of a ReclusterResult (row i is class ``class_ids[i]``), sorted."""
+    return sorted(class_names[class_ids[row]] for row in class_indices)
+
+
+def most_frequent_partition(groupings: np.ndarray) -> tuple[frozenset[frozenset[int]], int]:
+    """The grouping of the classes that most seeds gave, whatever the group ids, and how many gave it."""
+    return Counter(canonical_partition(grouping) for grouping in groupings).most_common(1)[0]
+
+
+def run_regroup(stability: str | Path, features: str | Path | None, config: ReclusterConfig, out: str | Path,
+                overwrite: bool = False) -> RegroupOutcome:
+    labels = load_class_labels(stability, features, config.k)
+    results = regroup_seeds(labels, config)
+    class_ids = results[0].class_ids  # the same classes for every seed
+    groupings = np.vstack([result.groups for result in results])
+    partition, partition_seeds = most_frequent_partition(groupings)
+    partition_names = sorted(names_of(group, class_ids, labels.class_names) for group in partition)
+    names = [labels.class_names[class_id] for class_id in class_ids]
+    with atomic_output_dir(out, overwrite=overwrite) as folder:
+        write_json_atomic(folder / "groups.json", {
+            "method": config.method, "k": config.k, "k_re": config.k_re, "n_seeds": len(results),
+            "min_share": config.min_share,
+            "groups": [{"classes": names_of(group, class_ids, labels.class_names), "share": share}
+                       for group, share in recurring_groups(groupings, config.min_share)],
+            "partition": {"groups": partition_names, "seeds": partition_seeds},
+        })
+        co_assigned = pd.DataFrame(co_assignment(groupings), index=names, columns=names)
+        co_assigned.to_csv(folder / "co_assignment.csv", index_label="class")
+        class_table(results[0], names).to_csv(folder / "classes.csv", index=False)
+        write_plots(folder / "plots", labels, results[0], co_assigned, config)
+    return RegroupOutcome(config, partition_names, partition_seeds, len(results), Path(out))
+
+
+def class_table(result: ReclusterResult, names: list[str]) -> pd.DataFrame:
+    """One row per class: name, group, and the method's per-class table (vectors spread over columns)."""
+    table = pd.DataFrame({"class": names, "group": result.groups})
+    for name, values in result.table.items():
+        values = np.asarray(values)
+        if values.ndim == 1:
+            table[name] = values
+        else:
+            table = pd.concat([table, pd.DataFrame(values, columns=[f"{name}_{j}" for j in range(values.shape[1])])], axis=1)
+    return table
+
+
+def write_plots(folder: Path, labels: ClassLabels, seed0: ReclusterResult, co_assigned: pd.DataFrame,
+                config: ReclusterConfig) -> None:
+    """Seed 0's class x cluster shares and the co-assignment, both with the classes in group order."""
+    order = np.lexsort((np.arange(len(seed0.groups)), seed0.groups))
+    shares = membership(class_cluster_table(np.searchsorted(seed0.class_ids, labels.classes), labels.clusterings[0],
+                                            len(seed0.class_ids), config.k))
+    rows = [f"{co_assigned.index[row]} (group {seed0.groups[row]})" for row in order]
+    plots.heatmap(shares[order], rows, list(range(config.k)), folder / "membership.png", xlabel="cluster",
+                  title=f"share of each class in each cluster (k={config.k}, seed 0)")
+    plots.heatmap(co_assigned.to_numpy()[np.ix_(order, order)], rows, list(co_assigned.index[order]),
+                  folder / "co_assignment.png",
+                  title=f"share of seeds in which two classes share a group ({config.method}, k_re={config.k_re})")

@@ -1,0 +1,90 @@
+"""Real cluster submission: `ray start --head` on loopback, `ray job submit` of the pipeline.
+
+Marked `cluster`: `make test` runs these in a pytest session of their own, after the others.
+The cluster gets its own temp dir, so that stopping it ends its processes only (`ray stop` would
+end every Ray process on the machine)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TERMINAL = ("succeeded", "failed", "stopped")  # as `ray job status` words them
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    ray = str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([ray, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture
+def local_cluster():
+    """A one-node Ray cluster started the way a user starts a head node; stopped afterwards."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    dashboard_port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="featurelens-cluster-")
+    started = ray_cli(
+        "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        # Every listening port its own, so that another Ray on the machine does not collide.
+        *(f"--{name}={free_port()}" for name in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")),
+        env=env,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"http://127.0.0.1:{dashboard_port}", env
+    finally:
+        subprocess.run(["pkill", "-f", temp_dir], check=False)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.cluster
+def test_pipeline_submitted_with_ray_job_submit_succeeds(local_cluster, tmp_path):
+    address, env = local_cluster
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "[data]\nlimit = 256\n[train]\nepochs = 1\nworkers = 1\n"
+        "[stability]\nk = \"2-3\"\nseeds = 2\nresamples = 2\n[recluster]\nk = 2\nk_re = 2\n"
+    )
+    run_dir = tmp_path / "run"
+    for _ in range(45):  # the head's dashboard and job agent take a while to come up after `ray start`
+        submitted = ray_cli(
+            "job", "submit", "--address", address, "--no-wait", "--submission-id", "featurelens-test",
+            "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git", "**/__pycache__"]}),
+            "--", sys.executable, "-m", "jobs.pipeline", "--config", str(config), "--run-dir", str(run_dir),
+            env=env,
+        )
+        if not any(later in submitted.stderr for later in ("No available agent", "Connection refused")):
+            break
+        time.sleep(4)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    deadline, status = time.time() + 900, ""
+    while time.time() < deadline:
+        status = ray_cli("job", "status", "--address", address, "featurelens-test", env=env).stdout.lower()
+        if any(f"job 'featurelens-test' {state}" in status for state in TERMINAL):
+            break
+        time.sleep(5)
+    logs = ray_cli("job", "logs", "--address", address, "featurelens-test", env=env).stdout
+    assert "job 'featurelens-test' succeeded" in status, status + logs[-3000:]
+    assert "[pipeline] report:" in logs
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert list(stages) == ["train", "extract", "stability", "recluster", "report"]
+    assert (run_dir / "report" / "report.html").stat().st_size > 10_000

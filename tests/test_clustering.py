@@ -1,0 +1,180 @@
+"""The stability sweep with Ray Tune, its resumption, and the class re-clustering job: on planted
+blobs (a known answer) and on the real tiny feature table."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import make_blobs
+from threadpoolctl import threadpool_limits
+
+from jobs import recluster as recluster_job
+from jobs import stability as stability_job
+from pipelines import clustering
+from pipelines.config import StabilityConfig
+from pipelines.storage import OutputExistsError
+
+PLANTED_K = 4
+SMALL = {"seeds": 4, "resamples": 2, "silhouette_sample": 200}
+PNG_MAGIC = b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def blobs() -> clustering.SweepData:
+    # Equidistant centres: which blobs merge (k < 4) or split (k > 4) depends on the seed, so only
+    # the planted k is stable across seeds.
+    X, y = make_blobs(n_samples=240, n_features=6, centers=8 * np.eye(PLANTED_K, 6), random_state=0)
+    return clustering.sweep_data(X, classes=y)
+
+
+@pytest.fixture(scope="module")
+def blob_sweep(ray_session, blobs, tmp_path_factory) -> clustering.SweepOutcome:
+    return clustering.run_stability(blobs, StabilityConfig(k="2-5", **SMALL), tmp_path_factory.mktemp("blobs") / "st")
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(ray_session, blobs, tmp_path_factory):
+    """k=2-3, then k=2-4 into the same folder; with the first run's per-k files and their mtimes."""
+    out = tmp_path_factory.mktemp("resume") / "st"
+    first = clustering.run_stability(blobs, StabilityConfig(k="2-3", **SMALL), out)
+    mtimes = {path: path.stat().st_mtime_ns for path in (out / "per_k").rglob("*") if path.is_file()}
+    second = clustering.run_stability(blobs, StabilityConfig(k="2-4", **SMALL), out)
+    return first, second, mtimes
+
+
+def saved_labels(out) -> dict[str, np.ndarray]:
+    with np.load(out / "labels.npz") as saved:
+        return dict(saved)
+
+
+def test_the_planted_k_is_the_most_stable(blob_sweep):
+    summary = pd.read_csv(blob_sweep.out / "summary.csv")
+    assert summary["k"].tolist() == [2, 3, 4, 5]
+    planted = summary.set_index("k").loc[PLANTED_K]
+    assert summary.loc[summary["ari_mean"].idxmax(), "k"] == PLANTED_K
+    assert planted["ari_mean"] == planted["subsample_ari_mean"] == planted["acc_mean"] == 1.0
+
+
+def test_a_rerun_computes_only_the_missing_k(resumed_sweep):
+    first, second, mtimes = resumed_sweep
+    assert (first.computed, second.computed, second.skipped) == ([2, 3], [4], [2, 3])
+    assert {path: path.stat().st_mtime_ns for path in mtimes} == mtimes
+    assert pd.read_csv(second.out / "summary.csv")["k"].tolist() == [2, 3, 4]
+    assert sorted(pd.read_parquet(second.out / "runs.parquet")["k"].unique()) == [2, 3, 4]
+    assert not (second.out / ".tmp").exists()
+
+
+def test_the_same_seeds_give_the_same_results(blob_sweep, resumed_sweep):
+    _, resumed, _ = resumed_sweep
+    once, again = saved_labels(blob_sweep.out), saved_labels(resumed.out)
+    for key in ("ids", "k=02", "k=03", "k=04"):
+        np.testing.assert_array_equal(once[key], again[key])
+    runs_once = pd.read_csv(blob_sweep.out / "runs.csv").query("k <= 4").reset_index(drop=True)
+    pd.testing.assert_frame_equal(runs_once, pd.read_csv(resumed.out / "runs.csv"))
+
+
+def test_the_sequential_loop_does_what_the_tune_trials_do(blobs, blob_sweep):
+    config = StabilityConfig(k="2-5", **SMALL)
+    # One thread, as each trial on 2 CPUs: OpenMP's partial sums on 2 threads round differently.
+    with threadpool_limits(1):
+        sequential = clustering.sweep_sequential(blobs.X, config, blobs.classes)
+    tuned = saved_labels(blob_sweep.out)
+    for k, result in sequential.items():
+        np.testing.assert_array_equal(result.labels, tuned[f"k={k:02d}"])
+    rows = pd.DataFrame([clustering.summary_row(result) for result in sequential.values()])
+    pd.testing.assert_frame_equal(rows.drop(columns="seconds"), blob_sweep.summary.drop(columns="seconds"))
+
+
+def test_results_of_another_table_or_settings_are_refused(blobs, resumed_sweep):
+    _, resumed, _ = resumed_sweep
+    with pytest.raises(OutputExistsError, match="seeds=4 \\(now 3\\).*--overwrite"):
+        clustering.plan_sweep(blobs, StabilityConfig(k="2-4", **{**SMALL, "seeds": 3}), resumed.out)
+    other = clustering.sweep_data(blobs.X[::-1], classes=blobs.classes[::-1])
+    with pytest.raises(OutputExistsError, match="another feature table"):
+        clustering.plan_sweep(other, StabilityConfig(k="2-4", **SMALL), resumed.out)
+    assert clustering.plan_sweep(other, StabilityConfig(k="2-4", **SMALL), resumed.out, overwrite=True).todo == [2, 3, 4]
+
+
+# --- the jobs on the real tiny feature table ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(ray_session, tiny_features, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "stability"
+    stability_job.main(["--features", str(tiny_features), "--out", str(out), "--k", "2-4", "--seeds", "3",
+                        "--resamples", "2", "--silhouette-sample", "300"])
+    return out
+
+
+def test_the_stability_job_writes_every_output(tiny_sweep):
+    summary = pd.read_parquet(tiny_sweep / "summary.parquet")
+    assert summary["k"].tolist() == [2, 3, 4]
+    for column in ("ari_mean", "ari_std", "ami_mean", "ami_std", "hungarian_mean", "hungarian_std",
+                   "bootstrap_jaccard_mean", "subsample_ari_mean", "subsample_ari_std", "acc_mean", "acc_std",
+                   "nmi_mean", "nmi_std", "class_ari_mean", "class_ari_std", "inertia_mean", "silhouette_mean"):
+        assert summary[column].notna().all(), column
+    runs = pd.read_csv(tiny_sweep / "runs.csv")
+    assert list(runs.columns) == ["k", "seed", "inertia", "silhouette", "acc", "nmi", "ari"]
+    assert len(runs) == 3 * 3
+    assert runs[["acc", "nmi", "ari"]].stack().between(0, 1).all()
+    clusters = pd.read_csv(tiny_sweep / "clusters.csv")
+    assert clusters.groupby("k")["size"].sum().eq(1000).all() and clusters["verdict"].notna().all()
+    labels = saved_labels(tiny_sweep)
+    assert labels["k=03"].shape == (3, 1000) and labels["k=03"].dtype == np.int32 and len(labels["ids"]) == 1000
+    contingency = pd.read_csv(tiny_sweep / "contingency" / "k=04.csv", index_col="class")
+    assert contingency.shape == (10, 4) and contingency.to_numpy().sum() == 1000
+    pngs = sorted(path.name for path in (tiny_sweep / "plots").iterdir())
+    assert pngs == ["classes_k=02.png", "cluster_jaccard.png", "stability_vs_k.png"]
+    assert all((tiny_sweep / "plots" / name).read_bytes()[:4] == PNG_MAGIC for name in pngs)
+
+
+def test_the_recluster_job_groups_the_classes(tiny_sweep, tmp_path, capsys):
+    out = tmp_path / "recluster"
+    recluster_job.main(["--stability", str(tiny_sweep), "--out", str(out), "--k", "2", "--k-re", "2"])
+    assert capsys.readouterr().out.startswith("featurelens recluster: k=2 → {")
+    groups = json.loads((out / "groups.json").read_text())
+    assert (groups["method"], groups["k"], groups["k_re"], groups["n_seeds"]) == ("membership", 2, 2, 3)
+    class_names = json.loads((tiny_sweep / "sweep.json").read_text())["class_names"]
+    partition = [name for group in groups["partition"]["groups"] for name in group]
+    assert sorted(partition) == sorted(class_names) and len(groups["partition"]["groups"]) == 2
+    recurring = [name for group in groups["groups"] for name in group["classes"]]
+    assert len(recurring) == len(set(recurring)) and all(group["share"] >= 0.5 for group in groups["groups"])
+    co_assignment = pd.read_csv(out / "co_assignment.csv", index_col="class")
+    assert co_assignment.shape == (10, 10) and np.allclose(np.diag(co_assignment), 1)
+    assert pd.read_csv(out / "classes.csv").columns[:4].tolist() == ["class", "group", "count", "membership_0"]
+    assert all((out / "plots" / name).read_bytes()[:4] == PNG_MAGIC for name in ("membership.png", "co_assignment.png"))
+
+
+def run_failing(main, argv, capsys) -> str:
+    """Run a job that must fail; its exit status and its one line of error."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1, error
+    return error
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--k", "2", "--k-re", "10"], "k_re=10"), (["--k", "3", "--method", "seed"], "method='seed'.* k=3 ")],
+)
+def test_degenerate_regroupings_fail_in_one_line(tiny_sweep, tmp_path, capsys, flags, message):
+    error = run_failing(recluster_job.main, ["--stability", str(tiny_sweep), "--out", str(tmp_path / "re"), *flags], capsys)
+    assert error.startswith("featurelens recluster: error:") and re.search(message, error), error
+    assert not (tmp_path / "re").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--k", "1"], "k must be >= 2"), (["--k", "1001"], "k=1001 is more than the 1000 rows"),
+     (["--seeds", "0"], "seeds must be >= 1"), (["--features", "/nonexistent/features"], "/nonexistent/features")],
+)
+def test_the_stability_job_refuses_bad_input_in_one_line(tiny_features, tmp_path, capsys, flags, message):
+    argv = ["--features", str(tiny_features), "--out", str(tmp_path / "st"), *flags]
+    error = run_failing(stability_job.main, argv, capsys)
+    assert error.startswith("featurelens stability: error:") and message in error, error
+    assert not (tmp_path / "st").exists()
