@@ -186,6 +186,10 @@ def train_loop_per_worker(loop: dict) -> None:
 
     model = Autoencoder(ModelSpec(**loop["spec"]))
     model.load_state_dict(loop["initial_state"])
+    # On the device before the optimizer exists: a resumed optimizer's state (loaded below) then
+    # lands there too; loaded onto CPU weights that prepare_model later moved to a GPU, it would
+    # stay on the CPU and fused Adam's first step would fail on mixed devices.
+    model.to(ray.train.torch.get_device())
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
     network = training_network(model, config.mode)
