@@ -101,7 +101,7 @@ def process_title(pid: int) -> str:
 
 class WorkerKiller(threading.Thread):
     """Kills this session's Ray Train worker with SIGKILL once epoch 1's checkpoint is registered
-    (the controller has written its snapshot): the worker is then inside epoch 2."""
+    (the controller has written its snapshot): the worker is then inside epoch 2 (or 3)."""
 
     def __init__(self, run_dir: Path, timeout: float = 600) -> None:
         super().__init__(daemon=True)
@@ -109,6 +109,7 @@ class WorkerKiller(threading.Thread):
         self.killed: list[int] = []
         self.metrics_at_kill: list[dict] = []
         self.error: str | None = None
+        self.stop = threading.Event()  # set when training has returned
 
     def epoch_1_checkpointed(self) -> bool:
         snapshot = self.run_dir / "checkpoint_manager_snapshot.json"
@@ -119,7 +120,7 @@ class WorkerKiller(threading.Thread):
 
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stop.is_set():
             if self.epoch_1_checkpointed():
                 workers = [pid for pid in descendants(os.getpid()) if process_title(pid).startswith("ray::RayTrainWorker")]
                 if workers:
@@ -129,19 +130,22 @@ class WorkerKiller(threading.Thread):
                     self.killed = workers
                     return
             time.sleep(0.02)
-        self.error = "epoch 1's checkpoint never appeared, or no RayTrainWorker process was found"
+        self.error = "training ended (or timed out) before a RayTrainWorker could be killed after epoch 1's checkpoint"
 
 
 def test_killed_train_worker_resumes_from_its_last_checkpoint(ray_session, tmp_path):
-    data = DataConfig(limit=1024)
+    data = DataConfig(limit=2048)  # epochs long enough (about 1 s) to be killed inside one
     config = TrainConfig(epochs=3, workers=1, batch_size=64, max_failures=1)
     reference = train(data, config, tmp_path / "reference")
 
     run_dir = tmp_path / "killed"
     killer = WorkerKiller(run_dir)
     killer.start()
-    result = train(data, config, run_dir)
-    killer.join(timeout=10)
+    try:
+        result = train(data, config, run_dir)
+    finally:
+        killer.stop.set()
+        killer.join(timeout=10)
     assert killer.killed, killer.error
 
     at_kill = [row["epoch"] for row in killer.metrics_at_kill]
