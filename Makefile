@@ -12,7 +12,6 @@ export RAY_USAGE_STATS_ENABLED := 0
 # The venv is rebuilt only when pyproject.toml changes, so a second call installs nothing.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
