@@ -254,8 +254,10 @@ def main() -> None:
         raise SystemExit("no CUDA device visible to torch: check nvidia-smi, or run with DEVICE=cpu for a dry run")
     try:
         import ray
+        import ray.data
 
         results["ray"] = ray.__version__
+        ray.data.DataContext.get_current().enable_progress_bars = False  # keep the log readable
     except ImportError:
         results["ray"] = None
         say("ray is not installed: the Ray rows are skipped")
