@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", required=True, help="the feature table (jobs.extract's output)")
     parser.add_argument("--out", required=True, help="where the results, tables and figures go")
-    parser.add_argument("--overwrite", action="store_true", help="discard results of another table or settings in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard the results in --out (needed when they are of another table or settings)")
     add_config_arguments(parser, StabilityConfig)
     args = parser.parse_args(argv)
 

@@ -129,14 +129,12 @@ def run_regroup(stability: str | Path, features: str | Path | None, config: Recl
 
 def class_table(result: ReclusterResult, names: list[str]) -> pd.DataFrame:
     """One row per class: name, group, and the method's per-class table (vectors spread over columns)."""
-    table = pd.DataFrame({"class": names, "group": result.groups})
+    columns = {"class": names, "group": result.groups}
     for name, values in result.table.items():
         values = np.asarray(values)
-        if values.ndim == 1:
-            table[name] = values
-        else:
-            table = pd.concat([table, pd.DataFrame(values, columns=[f"{name}_{j}" for j in range(values.shape[1])])], axis=1)
-    return table
+        wide = values.ndim == 2  # e.g. membership [n_classes, k]: one column per cluster
+        columns.update({f"{name}_{j}": column for j, column in enumerate(values.T)} if wide else {name: values})
+    return pd.DataFrame(columns)
 
 
 def write_plots(folder: Path, labels: ClassLabels, seed0: ReclusterResult, co_assigned: pd.DataFrame,

@@ -94,9 +94,10 @@ def test_results_of_another_table_or_settings_are_refused(blobs, resumed_sweep):
     with pytest.raises(OutputExistsError, match="seeds=4 \\(now 3\\).*--overwrite"):
         clustering.plan_sweep(blobs, StabilityConfig(k="2-4", **{**SMALL, "seeds": 3}), resumed.out)
     other = clustering.sweep_data(blobs.X[::-1], classes=blobs.classes[::-1])
+    config = StabilityConfig(k="2-4", **SMALL)
     with pytest.raises(OutputExistsError, match="another feature table"):
-        clustering.plan_sweep(other, StabilityConfig(k="2-4", **SMALL), resumed.out)
-    assert clustering.plan_sweep(other, StabilityConfig(k="2-4", **SMALL), resumed.out, overwrite=True).todo == [2, 3, 4]
+        clustering.plan_sweep(other, config, resumed.out)
+    assert clustering.plan_sweep(other, config, resumed.out, overwrite=True).todo == [2, 3, 4]
 
 
 # --- the jobs on the real tiny feature table ---------------------------------------------------
@@ -163,7 +164,8 @@ def run_failing(main, argv, capsys) -> str:
     [(["--k", "2", "--k-re", "10"], "k_re=10"), (["--k", "3", "--method", "seed"], "method='seed'.* k=3 ")],
 )
 def test_degenerate_regroupings_fail_in_one_line(tiny_sweep, tmp_path, capsys, flags, message):
-    error = run_failing(recluster_job.main, ["--stability", str(tiny_sweep), "--out", str(tmp_path / "re"), *flags], capsys)
+    argv = ["--stability", str(tiny_sweep), "--out", str(tmp_path / "re"), *flags]
+    error = run_failing(recluster_job.main, argv, capsys)
     assert error.startswith("featurelens recluster: error:") and re.search(message, error), error
     assert not (tmp_path / "re").exists()
 
