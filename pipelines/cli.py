@@ -27,7 +27,8 @@ def add_config_arguments(
     for field in dataclasses.fields(config_class):
         kind = _base_type(hints[field.name])
         flag = f"--{prefix}{field.name.replace('_', '-')}"
-        help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
+        # argparse %-formats help text: a literal % (as in "80% subsamples") must be doubled
+        help_text = f"{field.metadata.get('help', '')} (default: {field.default})".replace("%", "%%")
         default = argparse.SUPPRESS if overrides_only else field.default
         dest = prefix.replace("-", "_") + field.name
         if kind is bool:

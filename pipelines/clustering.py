@@ -1,4 +1,4 @@
-"""Cluster stability: a KMeans sweep over k x seeds with Ray Tune, and the tables it writes.
+"""Cluster stability: a sweep of KMeans (or a Gaussian mixture) over k x seeds with Ray Tune.
 
 One Tune trial per k fits every seed of that k and the resamples of its seed-0 clustering, and
 scores them (:func:`evaluate_k`): the resamples need the seed-0 labels and the agreement between
@@ -7,6 +7,12 @@ trial, and the piece a rerun resumes from. A fit takes about a second on 10,000 
 trial per (k, seed) would pay Tune's per-trial bookkeeping ten times as often for no more
 parallelism. :func:`sweep_sequential` does the same work in a plain loop (the benchmark's
 baseline). The measures are ``pipelines.stability``'s; this module fits, schedules and writes.
+
+A feature transform (``StabilityConfig.transform``: standardize, l2, pca, umap; see
+``pipelines.transforms``) is fitted once on the driver before the trials start; every fit and
+resample clusters the transformed points, which go to the object store once. The resamples
+therefore measure the clusterer's stability on a fixed embedding; whether the features
+themselves recur is the representation-stability question (``compare_runs``).
 
 Output folder::
 
@@ -20,6 +26,8 @@ Output folder::
     OUT/contingency/k=05.csv    class x cluster counts of seed 0 (tables with labels)
     OUT/plots/*.png             stability vs k, per-cluster Jaccard, class x cluster heatmap
     OUT/sweep.json              what was swept; the re-clustering job reads it
+    OUT/transformed.npy         the transformed points (with a transform); a rerun reuses them
+    OUT/representation.csv      with compare_runs: per k, agreement with the other autoencoders' sweeps
 
 The trials write OUT/per_k themselves, so on a cluster of several machines OUT must be storage
 that every node sees (as Tune's own storage path must be).
@@ -41,22 +49,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
-from pipelines.config import ReclusterConfig, StabilityConfig
+from pipelines.config import ReclusterConfig, StabilityConfig, parse_transform
 from pipelines.recluster import class_cluster_table
 from pipelines.stability import (
     PARTITION_AGREEMENT,
     bootstrap_indices,
     class_agreement,
+    cross_model_agreement,
     jaccard_verdict,
     pairwise_seed_agreement_all,
     resample_stability,
     subsample_indices,
 )
 from pipelines.storage import OutputExistsError, atomic_output_dir, write_json_atomic
+from pipelines.transforms import apply_transform, fit_clusters, within_cluster_sum_of_squares
 
 log = logging.getLogger("featurelens.clustering")
 
@@ -64,9 +73,13 @@ log = logging.getLogger("featurelens.clustering")
 # the differences between k are not differences between samples.
 SILHOUETTE_SEED, BOOTSTRAP_SEED, SUBSAMPLE_SEED = 0, 1, 2
 # What a per-k result depends on besides the table; the k range and the resources do not matter.
-RESULT_SETTINGS = ("seeds", "resamples", "subsample_fraction", "silhouette_sample")
+TRANSFORM_SETTINGS = ("transform", "pca_components", "umap_components", "umap_neighbors", "umap_min_dist",
+                      "transform_seed")
+RESULT_SETTINGS = ("seeds", "resamples", "subsample_fraction", "silhouette_sample", "clusterer", "gmm_covariance",
+                   *TRANSFORM_SETTINGS)
 CLASS_MEASURES = ("acc", "nmi", "ari")
-PER_K, MANIFEST, LABELS = "per_k", "sweep.json", "labels.npz"
+PER_K, MANIFEST, LABELS, TRANSFORMED = "per_k", "sweep.json", "labels.npz", "transformed.npy"
+REPRESENTATION = "representation"
 
 
 # --- what is clustered ------------------------------------------------------------------------
@@ -149,21 +162,21 @@ class KResult:
         return {name: value for name, value in asdict(self).items() if name != "labels"}
 
 
-def kmeans(k: int, seed: int) -> KMeans:
-    return KMeans(n_clusters=k, random_state=seed, n_init=1)
+def fit(X: np.ndarray, k: int, seed: int, config: StabilityConfig) -> NDArray[np.int32]:
+    return fit_clusters(X, k, seed, config.clusterer, config.gmm_covariance)
 
 
 def evaluate_k(X: np.ndarray, k: int, config: StabilityConfig, classes: np.ndarray | None = None) -> KResult:
-    """Fit KMeans for every seed of ``k``, and score the fits against each other, the classes and
-    resamples of the points. The Tune trial and :func:`sweep_sequential` both run this."""
+    """Fit the clusterer for every seed of ``k`` on the (transformed) points ``X``, and score the
+    fits against each other, the classes and resamples of the points. The Tune trial and
+    :func:`sweep_sequential` both run this."""
     started = time.perf_counter()
-    fits = [kmeans(k, seed).fit(X) for seed in range(config.seeds)]
-    labels = np.vstack([fit.labels_ for fit in fits]).astype(np.int32)
+    labels = np.vstack([fit(X, k, seed, config) for seed in range(config.seeds)])
     sample = silhouette_indices(len(X), config.silhouette_sample)
     runs = [
-        {"seed": seed, "inertia": float(fit.inertia_), "silhouette": silhouette(X[sample], fit.labels_[sample]),
-         **class_scores(classes, fit.labels_)}
-        for seed, fit in enumerate(fits)
+        {"seed": seed, "inertia": within_cluster_sum_of_squares(X, seed_labels),
+         "silhouette": silhouette(X[sample], seed_labels[sample]), **class_scores(classes, seed_labels)}
+        for seed, seed_labels in enumerate(labels)
     ]
     # Per k in the trial rather than on the driver: 45 seed pairs of AMI take seconds, in parallel here.
     seed_agreement = pairwise_seed_agreement_all(labels) if config.seeds > 1 else None
@@ -198,7 +211,7 @@ def resample_scores(X: np.ndarray, k: int, reference: np.ndarray,
         return None, None
 
     def refit(X_resample: np.ndarray, resample_no: int) -> np.ndarray:
-        return kmeans(k, resample_no).fit_predict(X_resample)
+        return fit(X_resample, k, resample_no, config)
 
     n = len(X)
     draws = (bootstrap_indices(n, config.resamples, BOOTSTRAP_SEED),
@@ -216,7 +229,38 @@ def resample_summary(stability: dict) -> dict:
 def sweep_sequential(X: ArrayLike, config: StabilityConfig, classes: ArrayLike | None = None) -> dict[int, KResult]:
     """The sweep as a plain loop in this process: the Tune path's work, without Tune or files."""
     data = sweep_data(X, classes=classes)
-    return {k: evaluate_k(data.X, k, config, data.classes) for k in config.k_values}
+    points = transform_points(data.X, config)
+    return {k: evaluate_k(points, k, config, data.classes) for k in config.k_values}
+
+
+def transform_points(X: np.ndarray, config: StabilityConfig) -> NDArray[np.float32]:
+    """``X`` through the configured transform (``X`` itself without one)."""
+    steps = parse_transform(config.transform)
+    if not steps:
+        return X
+    return apply_transform(X, steps, pca_components=config.pca_components, umap_components=config.umap_components,
+                           umap_neighbors=config.umap_neighbors, umap_min_dist=config.umap_min_dist,
+                           seed=config.transform_seed)
+
+
+def transformed_points(plan: SweepPlan) -> NDArray[np.float32]:
+    """The points the trials cluster: transformed once, kept in OUT for a rerun of the same
+    table and transform (UMAP of 70,000 points takes minutes)."""
+    if not parse_transform(plan.config.transform):
+        return plan.data.X
+    identity = {"fingerprint": plan.data.fingerprint,
+                "transform": {name: getattr(plan.config, name) for name in TRANSFORM_SETTINGS}}
+    cached, record = plan.out / TRANSFORMED, plan.out / f"{TRANSFORMED}.json"
+    if cached.is_file() and record.is_file() and json.loads(record.read_text()) == identity:
+        log.info("stability: reusing the transformed points in %s", cached)
+        return np.load(cached)
+    started = time.perf_counter()
+    points = transform_points(plan.data.X, plan.config)
+    log.info("stability: transform %s fitted on %d x %d points in %.1f s -> %d dimensions", plan.config.transform,
+             *plan.data.X.shape, time.perf_counter() - started, points.shape[1])
+    write_file_atomic(cached, lambda path: save_npy(path, points))
+    write_json_atomic(record, identity)
+    return points
 
 
 # --- per-k result files: what makes a sweep resumable -------------------------------------------
@@ -300,6 +344,10 @@ def plan_sweep(data: SweepData, config: StabilityConfig, out: str | Path, overwr
     """Check the input and the output folder (before Ray starts), and find the k left to compute."""
     out = Path(out)
     check_k_fits(config, len(data.X))
+    for folder in compared_runs(config):
+        missing = sorted(set(config.k_values) - set(read_manifest(folder)["k"]))
+        if missing:
+            raise ValueError(f"compare_runs: {folder} has no sweep of k={','.join(map(str, missing))}")
     done = [] if overwrite else sorted(set(finished_ks(out, result_identity(data, config))) & set(config.k_values))
     todo = [k for k in config.k_values if k not in done]
     return SweepPlan(data, config, out, todo, done, overwrite)
@@ -313,7 +361,7 @@ def run_sweep(plan: SweepPlan) -> SweepOutcome:
         log.info("stability: %d of %d k already in %s (k=%s); computing %s", len(plan.done),
                  len(plan.config.k_values), plan.out, ",".join(map(str, plan.done)), plan.todo or "none")
     if plan.todo:
-        run_trials(plan)
+        run_trials(plan, transformed_points(plan))
     results = [load_k_result(plan.out, k) for k in plan.config.k_values]
     summary = write_outputs(plan.out, plan.data, plan.config, results)
     return SweepOutcome(plan.todo, plan.done, summary, plan.out)
@@ -335,14 +383,14 @@ def tune_trial(trial: dict, *, X: np.ndarray, classes: np.ndarray | None, config
     tune.report(summary_row(result))
 
 
-def run_trials(plan: SweepPlan) -> None:
+def run_trials(plan: SweepPlan, points: NDArray[np.float32]) -> None:
     from ray import tune
 
     from pipelines.runtime import cluster_cpus
 
     cpus = trial_cpus(plan.config.cpus_per_trial, cluster_cpus(), len(plan.todo))
     trainable = tune.with_parameters(
-        tune_trial, X=plan.data.X, classes=plan.data.classes, config=plan.config, out=str(plan.out),
+        tune_trial, X=points, classes=plan.data.classes, config=plan.config, out=str(plan.out),
         identity=result_identity(plan.data, plan.config), threads=max(1, int(cpus)))
     tune_dir = plan.out / ".tmp" / "tune"  # Tune's own records; ours are per_k
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # else Tune prints its banner even at verbose=0
@@ -476,8 +524,39 @@ def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: 
                           title=f"points per class and cluster (k={k}, seed 0)", xlabel="cluster", fmt="d")
     write_json_atomic(out / MANIFEST, {**result_identity(data, config), "k": config.k_values,
                                        "features": data.source, "class_names": data.class_names})
+    if config.compare_runs:
+        write_table(representation_table(data, config, results), out / REPRESENTATION)
     write_table(summary, out / "summary")  # last: a summary marks a finished sweep (pipelines.pipeline)
     return summary
+
+
+def compared_runs(config: StabilityConfig) -> list[Path]:
+    return [Path(folder.strip()) for folder in (config.compare_runs or "").split(",") if folder.strip()]
+
+
+def representation_table(data: SweepData, config: StabilityConfig, results: list[KResult]) -> pd.DataFrame:
+    """Per k: agreement (ARI, AMI) between this sweep's partitions and those of the sweeps in
+    ``compare_runs`` (autoencoders trained with other seeds), matched point by point by id."""
+    rows = []
+    for result in results:
+        models = [result.labels] + [aligned_labels(folder, result.k, data.ids) for folder in compared_runs(config)]
+        row: dict = {"k": result.k}
+        for measure in ("ari", "ami"):
+            agreement = cross_model_agreement(models, measure)
+            row.update({f"{measure}_mean": agreement["mean"], f"{measure}_std": agreement["std"],
+                        f"{measure}_min": agreement["min"]})
+        rows.append({**row, "n_models": len(models), "n_pairs": agreement["n_pairs"]})
+    return pd.DataFrame(rows)
+
+
+def aligned_labels(stability: Path, k: int, ids: np.ndarray) -> NDArray[np.int32]:
+    """The labels [seeds, n] of another sweep's k, in the order of ``ids``; every id must be there."""
+    other_ids, labels = read_labels(stability, k)
+    position = pd.Index(other_ids).get_indexer(ids)
+    if (position < 0).any():
+        raise ValueError(f"compare_runs: {stability} lacks {(position < 0).sum()} of the {len(ids)} points "
+                         f"(ids such as {ids[position < 0][:3].tolist()}); compare sweeps of the same images")
+    return labels[:, position]
 
 
 def heatmap_k(config: StabilityConfig) -> int:
@@ -490,6 +569,11 @@ def heatmap_k(config: StabilityConfig) -> int:
 def write_table(table: pd.DataFrame, stem: Path) -> None:
     write_file_atomic(stem.with_suffix(".csv"), lambda path: table.to_csv(path, index=False))
     write_file_atomic(stem.with_suffix(".parquet"), lambda path: table.to_parquet(path, index=False))
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as file:  # a file object: given a path, numpy would append ".npy"
+        np.save(file, array)
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -14,6 +14,11 @@ SPLITS = ("train", "test", "all")
 IMAGE_MODES = ("L", "RGB")
 BAD_IMAGE_POLICIES = ("error", "skip")
 TRAIN_MODES = ("autoencoder", "classifier")
+LR_SCHEDULES = ("step", "cosine")
+AUGMENTATIONS = ("none", "flip")
+TRANSFORM_STEPS = ("standardize", "l2", "pca", "pca-whiten", "umap")
+CLUSTERERS = ("kmeans", "gmm")
+GMM_COVARIANCES = ("full", "diag", "tied", "spherical")
 
 
 def opt(default: Any, help: str) -> Any:
@@ -87,8 +92,12 @@ class TrainConfig:
         None, "Adam learning rate of the classifier; default lr / 10, as in the seed"
     )
     weight_decay: float = opt(1e-5, "Adam weight decay")
-    lr_step: int = opt(20, "StepLR: multiply the learning rate by lr_gamma every lr_step epochs")
-    lr_gamma: float = opt(0.1, "StepLR factor")
+    lr_schedule: str = opt(
+        "step", "step (the seed's StepLR: x lr_gamma every lr_step epochs) or cosine (decay to 0 over the epochs)"
+    )
+    lr_step: int = opt(20, "step schedule: multiply the learning rate by lr_gamma every lr_step epochs")
+    lr_gamma: float = opt(0.1, "step schedule: the factor")
+    augment: str = opt("none", "none, or flip: each training image mirrored left-right with probability 1/2")
     workers: int = opt(2, "Ray Train workers (data-parallel)")
     cpus_per_worker: float | None = opt(
         None, "CPUs per worker; default: the cluster's CPUs less one for Ray Data, shared out"
@@ -107,6 +116,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, TRAIN_MODES)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("augment", self.augment, AUGMENTATIONS)
         for name in ("epochs", "batch_size", "workers", "lr_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -150,10 +161,10 @@ class ExtractConfig:
 
 @dataclass
 class StabilityConfig:
-    """The KMeans sweep over k x seeds with Ray Tune, and the stability measures."""
+    """The clustering sweep over k x seeds with Ray Tune: transform, clusterer, stability measures."""
 
     k: str = opt("2-10", "cluster counts: a range 2-10 or a list 2,4,10")
-    seeds: int = opt(10, "KMeans seeds per k (n_init=1 each)")
+    seeds: int = opt(10, "clusterer seeds per k (n_init=1 each)")
     resamples: int = opt(20, "bootstrap and 80%-subsample resamples per k (0: skip them)")
     subsample_fraction: float = opt(0.8, "share of the points in each subsample")
     silhouette_sample: int = opt(2000, "points in the fixed sample the silhouette is computed on")
@@ -166,6 +177,23 @@ class StabilityConfig:
         None,
         "k whose class x cluster counts (seed 0) are drawn as a heatmap; default: the re-clustering "
         "k (ReclusterConfig.k) when swept, else the smallest k",
+    )
+    transform: str = opt(
+        "none",
+        "feature transform before clustering, fitted once per table: none, or steps applied in order "
+        "from standardize, l2, pca, pca-whiten, umap (e.g. l2,umap)",
+    )
+    pca_components: int = opt(50, "components kept by the pca and pca-whiten steps")
+    umap_components: int = opt(10, "dimensions of the umap step's embedding (N2D: 10)")
+    umap_neighbors: int = opt(20, "neighbours of the umap step (N2D: 20)")
+    umap_min_dist: float = opt(0.0, "min_dist of the umap step (N2D: 0)")
+    clusterer: str = opt("kmeans", "kmeans, or gmm (a Gaussian mixture); n_init=1, the seeds are the repeats")
+    gmm_covariance: str = opt("full", "covariance type of gmm: full, diag, tied or spherical")
+    transform_seed: int = opt(0, "random state of the pca and umap steps")
+    compare_runs: str | None = opt(
+        None,
+        "representation stability: stability folders of autoencoders trained with other seeds "
+        "(comma list); the partitions of this sweep are compared with theirs, point by point",
     )
 
     def __post_init__(self) -> None:
@@ -182,6 +210,16 @@ class StabilityConfig:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if self.heatmap_k is not None and self.heatmap_k not in ks:
             raise ValueError(f"heatmap_k={self.heatmap_k} is not among the k swept ({self.k})")
+        parse_transform(self.transform)
+        check_choice("clusterer", self.clusterer, CLUSTERERS)
+        check_choice("gmm_covariance", self.gmm_covariance, GMM_COVARIANCES)
+        for name in ("pca_components", "umap_components"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.umap_neighbors < 2:
+            raise ValueError(f"umap_neighbors must be >= 2, got {self.umap_neighbors}")
+        if not 0.0 <= self.umap_min_dist <= 1.0:
+            raise ValueError(f"umap_min_dist must be in [0, 1], got {self.umap_min_dist}")
 
     @property
     def k_values(self) -> list[int]:
@@ -254,3 +292,15 @@ def parse_image_size(text: str) -> tuple[int, int]:
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def parse_transform(spec: str) -> list[str]:
+    """``"none"`` -> [], ``"l2,umap"`` -> ["l2", "umap"]; unknown steps are refused by name."""
+    if spec.strip().lower() in ("", "none"):
+        return []
+    steps = [step.strip().lower() for step in spec.split(",")]
+    unknown = [step for step in steps if step not in TRANSFORM_STEPS]
+    if unknown:
+        raise ValueError(f"transform: unknown step {unknown[0]!r} in {spec!r}; "
+                         f"use none or a comma list of {', '.join(TRANSFORM_STEPS)}")
+    return steps

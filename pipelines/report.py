@@ -209,17 +209,27 @@ def training_section(run_dir: Path) -> Section:
     )
 
 
-def stability_section(run_dir: Path) -> Section:
+def stability_section(run_dir: Path, config) -> Section:
     folder = run_dir / "stability"
     summary = pd.read_csv(folder / "summary.csv")
     tables = [("Stability and agreement with the classes per k", summary)]
     if (folder / "clusters.csv").exists():
         tables.append(("Per-cluster bootstrap Jaccard (Hennig's verdicts)", pd.read_csv(folder / "clusters.csv")))
+    stability = config.stability
+    paragraphs = [
+        f"Clusterer {stability.clusterer} on the features after transform {stability.transform}. "
+        "Pairwise ARI/AMI/Hungarian agreement between clusterer seeds, bootstrap Jaccard per cluster "
+        "(≤ 0.5 dissolved, < 0.6 not to trust, 0.6–0.75 doubtful, ≥ 0.75 stable, ≥ 0.85 highly stable), "
+        "80% subsample ARI, and ACC/NMI/ARI against the classes when labels exist."]
+    if (folder / "representation.csv").exists():
+        tables.append(("Representation stability: agreement with the partitions of other autoencoders "
+                       f"({stability.compare_runs})", pd.read_csv(folder / "representation.csv")))
+        paragraphs.append("Representation stability compares this run's partitions with those of autoencoders "
+                          "trained with other seeds, point by point: high agreement says the features, not one "
+                          "training run's draw, carry the clusters.")
     return Section(
         "Cluster stability",
-        ["Pairwise ARI/AMI/Hungarian agreement between KMeans seeds, bootstrap Jaccard per cluster "
-         "(≤ 0.5 dissolved, < 0.6 not to trust, 0.6–0.75 doubtful, ≥ 0.75 stable, ≥ 0.85 highly stable), "
-         "80% subsample ARI, and ACC/NMI/ARI against the classes when labels exist."],
+        paragraphs,
         tables,
         [(caption_of(path), path) for path in sorted((folder / "plots").glob("*.png"))],
     )
@@ -229,7 +239,7 @@ def recluster_section(run_dir: Path) -> Section:
     folder = run_dir / "recluster"
     groups = json.loads((folder / "groups.json").read_text())
     paragraphs = [f"Method {groups.get('method')}, k = {groups.get('k')}, k_re = {groups.get('k_re')}, "
-                  f"over {groups.get('n_seeds')} KMeans seeds."]
+                  f"over {groups.get('n_seeds')} clusterer seeds."]
     rows = [(" | ".join(group.get("classes", [])), group.get("share")) for group in groups.get("groups", [])]
     figures = [(caption_of(path), path) for path in sorted(folder.rglob("*.png"))]
     return Section("Class re-clustering", paragraphs,
@@ -281,7 +291,7 @@ def build_report(run_dir: Path, config) -> Path:
     features = read_features(run_dir / "features")
     stage_times = read_json(run_dir / "stages.json")
     sections = [run_section(run_dir, config, stage_times), data_section(run_dir, features), training_section(run_dir),
-                stability_section(run_dir)]
+                stability_section(run_dir, config)]
     if (run_dir / "recluster" / "groups.json").exists():
         sections.append(recluster_section(run_dir))
     sections.append(prototype_section(run_dir, config, features))

@@ -287,6 +287,42 @@ def pairwise_seed_agreement_all(labelings: ArrayLike) -> dict[str, dict[str, flo
     return {name: pairwise_seed_agreement(labelings, name) for name in PARTITION_AGREEMENT}
 
 
+def cross_model_agreement(labelings_by_model: Sequence[ArrayLike], measure: str = "ari") -> dict[str, float | int]:
+    """Agreement between partitions of the same points made from different models' features.
+
+    Each model (an autoencoder trained with its own seed) gives one labeling per clusterer seed.
+    Every pair of labelings from two *different* models is scored; pairs within a model are
+    :func:`pairwise_seed_agreement`'s. High agreement says the features, not the draw of one
+    training run, carry the clusters.
+
+    Parameters
+    ----------
+    labelings_by_model : sequence of array-like of shape (n_seeds, n_points)
+        At least two models; the seed counts may differ, the points may not.
+    measure : str
+        A key of ``PARTITION_AGREEMENT``.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``std`` (ddof=0) and ``min`` over the cross-model pairs, ``n_pairs``, ``n_models``.
+    """
+    if measure not in PARTITION_AGREEMENT:
+        raise ValueError(f"unknown measure {measure!r}; choose one of {sorted(PARTITION_AGREEMENT)}")
+    models = [np.atleast_2d(np.asarray(labelings)) for labelings in labelings_by_model]
+    if len(models) < 2:
+        raise ValueError(f"cross-model agreement needs at least 2 models, got {len(models)}")
+    n_points = {labelings.shape[1] for labelings in models}
+    if len(n_points) != 1 or any(labelings.ndim != 2 for labelings in models):
+        raise ValueError(f"every model's labelings must be (n_seeds, n_points) over the same points, got shapes "
+                         f"{[labelings.shape for labelings in models]}")
+    score = PARTITION_AGREEMENT[measure]
+    scores = np.array([score(a, b) for model_a, model_b in itertools.combinations(models, 2)
+                       for a in model_a for b in model_b])
+    return {"mean": float(scores.mean()), "std": float(scores.std()), "min": float(scores.min()),
+            "n_pairs": int(scores.size), "n_models": len(models)}
+
+
 def _distinct_resample(
     n_points: int, resample_indices: ArrayLike, resample_labels: ArrayLike
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

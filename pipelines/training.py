@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Iterable
@@ -71,19 +72,34 @@ def batch_loss(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | 
     return nn.functional.cross_entropy(outputs, labels)
 
 
-def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.optim.Optimizer, mode: str) -> tuple[float, int]:
+def augment_images(images: torch.Tensor, augment: str) -> torch.Tensor:
+    """``flip``: each uint8 image (N, H, W[, C]) mirrored left-right with probability 1/2."""
+    if augment == "none":
+        return images
+    mirrored = torch.rand(len(images), device=images.device) < 0.5
+    mask = mirrored.view(-1, *([1] * (images.dim() - 1)))
+    return torch.where(mask, images.flip(2), images)
+
+
+def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.optim.Optimizer, mode: str,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                augment: str = "none") -> tuple[float, int]:
     """One pass over ``batches`` ({"image": uint8, "label": int64}); returns (sum of losses, images).
+    ``scheduler`` (see :func:`build_optimizer`) steps after every optimizer step; ``augment``
+    (see :func:`augment_images`) applies to the training images only.
 
     The loss is summed where it is computed and read once at the end: a ``.item()`` per step
     would make a GPU wait for every step before the next one is queued (BENCHMARKS.md)."""
     network.train()
     loss_sum, seen = None, 0
     for batch in batches:
-        images, labels = batch["image"], batch.get("label")
+        images, labels = augment_images(batch["image"], augment), batch.get("label")
         loss = batch_loss(network, images, None if labels is None else labels.long(), mode)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         batch_sum = loss.detach().double() * len(images)
         loss_sum = batch_sum if loss_sum is None else loss_sum + batch_sum
         seen += len(images)
@@ -163,12 +179,25 @@ def cache_shards(shard_bytes: int, limit: int, device: torch.device) -> bool:
     return 0 < shard_bytes <= limit
 
 
-def build_optimizer(network: nn.Module, config: TrainConfig):
+def build_optimizer(network: nn.Module, config: TrainConfig, steps_per_epoch: int = 1):
+    """Adam and a learning-rate schedule counted in optimizer steps (one ``scheduler.step()`` per
+    step): the seed's StepLR (x lr_gamma every lr_step epochs) or a cosine decay to 0 over the run."""
     params = [p for p in network.parameters() if p.requires_grad]
     # fused: one kernel for the whole update, 1.4x faster steps on CPU (BENCHMARKS.md)
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-    return optimizer, scheduler
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    if config.lr_schedule == "cosine":
+        def factor(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    else:
+        def factor(step: int) -> float:
+            return config.lr_gamma ** (step // (config.lr_step * steps_per_epoch))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(train_images: int, world: int, per_worker_batch: int) -> int:
+    """Optimizer steps of one epoch on every worker (Ray Train splits the rows equally)."""
+    return max(1, math.ceil((train_images // world) / per_worker_batch))
 
 
 # --- Ray Train: the loop each worker runs ----------------------------------------------------
@@ -183,6 +212,7 @@ def train_loop_per_worker(loop: dict) -> None:
     torch.set_num_threads(loop["threads"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(config.seed * 10_000 + rank)  # dropout and augmentation: repeatable runs
 
     model = Autoencoder(ModelSpec(**loop["spec"]))
     model.load_state_dict(loop["initial_state"])
@@ -193,7 +223,9 @@ def train_loop_per_worker(loop: dict) -> None:
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
     network = training_network(model, config.mode)
-    optimizer, scheduler = build_optimizer(network, config)
+    per_worker_batch = config.batch_size // world
+    optimizer, scheduler = build_optimizer(network, config,
+                                           steps_per_epoch(loop["train_images"], world, per_worker_batch))
 
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -210,7 +242,6 @@ def train_loop_per_worker(loop: dict) -> None:
     network = ray.train.torch.prepare_model(network)
     device = ray.train.torch.get_device()
     columns = ["image"] if config.mode == "autoencoder" else ["image", "label"]
-    per_worker_batch = config.batch_size // world
     shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "test")}
     cached: dict[str, CachedShard] = {}
     use_cache = cache_shards(loop["shard_bytes"] // world, loop["shard_cache_bytes"], device)
@@ -230,9 +261,9 @@ def train_loop_per_worker(loop: dict) -> None:
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started, cpu_started = time.perf_counter(), time.process_time()
-        train_loss, train_seen = train_epoch(network, batches("train", epoch), optimizer, config.mode)
+        train_loss, train_seen = train_epoch(network, batches("train", epoch), optimizer, config.mode, scheduler,
+                                             config.augment)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        scheduler.step()
         test_loss, correct, test_seen = evaluate(network, batches("test", None), config.mode)
         train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds = _sum_over_workers(
             [train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds], device
@@ -414,6 +445,7 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
         "spec": asdict(spec),
         "threads": threads,
         "run_dir": str(run_dir),
+        "train_images": train_source.num_images,
         # what the train and test sets hold in the columns training reads (uint8 pixels, int64 label)
         "shard_bytes": (train_source.num_images + test_source.num_images)
         * (spec.height * spec.width * spec.channels + (8 if config.mode == "classifier" else 0)),

@@ -100,6 +100,31 @@ def test_results_of_another_table_or_settings_are_refused(blobs, resumed_sweep):
     assert clustering.plan_sweep(other, config, resumed.out, overwrite=True).todo == [2, 3, 4]
 
 
+def test_a_transform_is_fitted_once_and_the_sweep_compares_with_other_runs(blobs, resumed_sweep, tmp_path,
+                                                                         monkeypatch):
+    _, resumed, _ = resumed_sweep
+    fits = []
+    apply_transform = clustering.apply_transform
+    monkeypatch.setattr(clustering, "apply_transform", lambda *a, **kw: fits.append(a[1]) or apply_transform(*a, **kw))
+    options = {**SMALL, "transform": "standardize,pca", "pca_components": 3, "clusterer": "gmm",
+               "compare_runs": str(resumed.out)}
+    out = tmp_path / "st"
+    clustering.run_stability(blobs, StabilityConfig(k="2-3", **options), out)
+    clustering.run_stability(blobs, StabilityConfig(k="2-4", **options), out)
+    assert fits == [["standardize", "pca"]]  # the second run reused OUT/transformed.npy
+    assert np.load(out / "transformed.npy").shape == (len(blobs.X), 3)
+    with threadpool_limits(1):
+        sequential = clustering.sweep_sequential(blobs.X, StabilityConfig(k="4", **options), blobs.classes)
+    np.testing.assert_array_equal(sequential[4].labels, saved_labels(out)["k=04"])
+    # Both sweeps recover the planted blobs at k=4: their partitions agree, point by point.
+    representation = pd.read_csv(out / "representation.csv").set_index("k")
+    assert list(representation.index) == [2, 3, 4]
+    assert representation.loc[4, ["ari_mean", "ari_min"]].tolist() == [1.0, 1.0]
+    assert representation.loc[4, "n_pairs"] == SMALL["seeds"] ** 2
+    with pytest.raises(ValueError, match="has no sweep of k=5"):
+        clustering.plan_sweep(blobs, StabilityConfig(k="2-5", **options), out)
+
+
 # --- the jobs on the real tiny feature table ---------------------------------------------------
 
 

@@ -96,6 +96,8 @@ def test_report_renders_in_headless_chromium_with_all_its_figures(pipeline_run):
 
 def test_pipeline_help_shows_every_option_with_its_default():
     out = subprocess.run([sys.executable, "-m", "jobs.pipeline", "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--dataset", "--train-epochs", "--extract-split", "--stability-seeds", "--recluster-k-re", "--from"):
+    for flag in ("--dataset", "--train-epochs", "--extract-split", "--stability-seeds", "--recluster-k-re", "--from",
+                 "--train-lr-schedule", "--stability-transform", "--stability-clusterer", "--stability-compare-runs"):
         assert flag in out
     assert "(default: 2-10)" in out
+    assert "80%-subsample" in out and "option_strings" not in out  # a literal % survives argparse

@@ -4,12 +4,14 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import fashion_mnist_arrays
 from pipelines.model import Autoencoder, ModelSpec, load_model, save_model
 from pipelines.training import (
     ResourceError,
+    augment_images,
     build_optimizer,
     evaluate,
     initial_model,
@@ -43,6 +45,34 @@ def test_plain_training_step_lowers_the_loss_without_ray(mode):
     assert after < 0.7 * before
     if mode == "classifier":
         assert correct / seen > 0.5
+
+
+def lr_after(steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    optimizer, scheduler = build_optimizer(nn.Linear(2, 1), config, steps_per_epoch)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    return optimizer.param_groups[0]["lr"]
+
+
+def test_the_step_schedule_is_the_seeds_steplr_counted_in_steps():
+    config = TrainConfig(lr=1e-3, lr_step=2, lr_gamma=0.1, epochs=6)
+    assert [lr_after(steps, config, 5) for steps in (0, 9, 10, 20)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
+
+
+def test_the_cosine_schedule_halves_the_rate_half_way_and_ends_at_zero():
+    config = TrainConfig(lr=2e-3, lr_schedule="cosine", epochs=2)
+    assert [lr_after(steps, config, 10) for steps in (0, 10, 20, 25)] == pytest.approx([2e-3, 1e-3, 0, 0], abs=1e-12)
+
+
+def test_flip_augmentation_mirrors_about_half_of_the_images_and_nothing_else():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (400, 6, 5, 3), dtype=torch.uint8)
+    augmented = augment_images(images, "flip")
+    mirrored = (augmented == images.flip(2)).flatten(1).all(1)
+    unchanged = (augmented == images).flatten(1).all(1)
+    assert (mirrored | unchanged).all() and 150 < mirrored.sum() < 250
+    assert augment_images(images, "none") is images
 
 
 def test_resources_leave_a_cpu_for_ray_data():

@@ -1,0 +1,232 @@
+"""Cluster quality against the classes, measured honestly: ``make quality`` -> RESULTS.md.
+
+For Fashion-MNIST (all 70,000 images, k = 10) and the ORL faces (400 images, k = 40 identities)
+this trains the seed autoencoder with several seeds (Ray Train), extracts each one's features of
+every image (Ray Data), and clusters them with every recipe in ``RECIPES`` (the transforms and
+clusterers of ``pipelines.transforms``, as the stability stage runs them), beside raw pixels and
+their PCA. Per recipe:
+
+* ACC / NMI / ARI against the classes, mean over the clusterer seeds: on all images, and (for
+  Fashion-MNIST) on the 10,000 test images alone (the same partitions, restricted);
+* pairwise ARI between the clusterer seeds;
+* ARI across autoencoder seeds (representation stability): the partitions made from the features
+  of different autoencoders, compared point by point (``stability.cross_model_agreement``);
+* wall time of the transform and all clusterer fits on one autoencoder's features.
+
+Models and feature tables land in runs/quality/ and a rerun reuses them (training resumes);
+the clustering is recomputed. The tables replace the part of RESULTS.md between its markers.
+
+    python -m benchmarks.quality [--ae-seeds 3] [--ae-epochs 3] [--seeds 10] [--no-faces]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import REPO, machine, machine_markdown
+from pipelines.config import DataConfig, ExtractConfig, StabilityConfig, TrainConfig
+from pipelines.stability import class_agreement, cross_model_agreement, pairwise_seed_agreement
+from pipelines.transforms import fit_clusters
+
+RESULTS = REPO / "RESULTS.md"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces" / "att_faces"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    source: str  # "pixels" or "features"
+    transform: str
+    clusterer: str = "kmeans"
+
+
+RECIPES = [
+    Recipe("raw pixels", "pixels", "none"),
+    Recipe("raw pixels, PCA 50", "pixels", "pca"),
+    Recipe("AE features", "features", "none"),
+    Recipe("AE, standardize", "features", "standardize"),
+    Recipe("AE, L2", "features", "l2"),
+    Recipe("AE, PCA 50 whitened", "features", "pca-whiten"),
+    Recipe("AE, UMAP 10 (N2D)", "features", "umap"),
+    Recipe("AE, UMAP 10, GMM (N2D)", "features", "umap", "gmm"),
+    Recipe("AE, L2, UMAP 10, GMM", "features", "l2,umap", "gmm"),
+]
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    data: DataConfig
+    k: int
+    train: TrainConfig  # per autoencoder seed: replace(seed=...)
+    test_ids_from: int | None  # ids >= this are the test images (Fashion-MNIST); None: no test column
+
+
+def fashion_mnist(args) -> DataSet:
+    train = TrainConfig(epochs=args.ae_epochs, lr=2e-3, lr_schedule="cosine", workers=2)
+    return DataSet("Fashion-MNIST", DataConfig(limit=args.limit), 10, train, test_ids_from=60_000)
+
+
+def orl_faces(args) -> DataSet:
+    data = DataConfig(dataset="images", data_dir=str(args.faces_dir), image_size="112x92")
+    # 400 images: small batches and more epochs give the optimizer as many steps as a few
+    # Fashion-MNIST epochs would.
+    train = TrainConfig(epochs=args.face_epochs, batch_size=16, lr=2e-3, lr_schedule="cosine", workers=2)
+    return DataSet("ORL faces", data, 40, train, test_ids_from=None)
+
+
+# --- one recipe on one matrix (no Ray) -------------------------------------------------------------
+
+
+def stability_config(recipe: Recipe) -> StabilityConfig:
+    return StabilityConfig(transform=recipe.transform, clusterer=recipe.clusterer)
+
+
+def cluster(X: np.ndarray, recipe: Recipe, k: int, seeds: int) -> tuple[np.ndarray, float]:
+    """(labels [seeds, n], seconds) of the recipe's transform, fitted once, and ``seeds`` fits."""
+    from pipelines.clustering import transform_points
+
+    config = stability_config(recipe)
+    started = time.perf_counter()
+    points = transform_points(X, config)
+    labels = np.stack([fit_clusters(points, k, seed, config.clusterer, config.gmm_covariance) for seed in range(seeds)])
+    return labels, time.perf_counter() - started
+
+
+def scores(labels: np.ndarray, classes: np.ndarray, test: np.ndarray | None) -> dict:
+    """Mean ACC/NMI/ARI over the seeds' partitions, on all points and on the test points."""
+    row = {}
+    for part, mask in (("all", np.ones(len(classes), bool)), ("test", test)):
+        per_seed = [class_agreement(classes[mask], seed_labels[mask]) for seed_labels in labels] if mask is not None else []
+        for measure in ("acc", "nmi", "ari"):
+            row[f"{measure}_{part}"] = float(np.mean([s[measure] for s in per_seed])) if per_seed else float("nan")
+    row["seed_ari"] = pairwise_seed_agreement(labels, "ari")["mean"] if len(labels) > 1 else float("nan")
+    return row
+
+
+# --- models, tables and the table of results ------------------------------------------------------
+
+
+def prepare_models(dataset: DataSet, args) -> list:
+    """Train (or resume) one autoencoder per seed and extract its features of every image."""
+    from dataclasses import replace
+
+    from pipelines.features import extract_features, read_features
+    from pipelines.training import train
+
+    folder = args.out / dataset.name.lower().replace(" ", "-")
+    tables = []
+    for seed in range(args.ae_seeds):
+        run_dir, features = folder / f"ae-seed{seed}", folder / f"features-seed{seed}"
+        train(dataset.data, replace(dataset.train, seed=seed), run_dir)
+        if not features.exists():
+            extract_features(dataset.data, ExtractConfig(checkpoint=str(run_dir), split="all"), features)
+        tables.append(read_features(features))
+    return tables
+
+
+def pixels_of(dataset: DataSet, ids: np.ndarray) -> np.ndarray:
+    """The images as float rows in [0, 1], in the order of ``ids``."""
+    from pipelines.data import load_images
+
+    source = load_images(dataset.data, "all")
+    by_id = {}
+    for batch in source.dataset.select_columns(["id", "image"]).iter_batches(batch_size=8192, batch_format="numpy"):
+        by_id.update(zip(batch["id"].tolist(), batch["image"].reshape(len(batch["id"]), -1)))
+    return np.stack([by_id[int(i)] for i in ids]).astype(np.float32) / 255.0
+
+
+def quality_table(dataset: DataSet, args) -> pd.DataFrame:
+    tables = prepare_models(dataset, args)
+    reference = tables[0]
+    for table in tables[1:]:
+        if not np.array_equal(table.ids, reference.ids):
+            raise RuntimeError(f"{dataset.name}: the autoencoders' feature tables hold different images")
+    classes = reference.labels
+    test = reference.ids >= dataset.test_ids_from if dataset.test_ids_from is not None else None
+    pixels = pixels_of(dataset, reference.ids)
+    rows = []
+    for recipe in RECIPES:
+        X = pixels if recipe.source == "pixels" else reference.X
+        labels, seconds = cluster(X, recipe, dataset.k, args.seeds)
+        row = {"recipe": recipe.name, **scores(labels, classes, test), "ae_seed_ari": float("nan"), "seconds": seconds}
+        if recipe.source == "features" and len(tables) > 1:
+            others = [cluster(table.X, recipe, dataset.k, args.other_seeds)[0] for table in tables[1:]]
+            row["ae_seed_ari"] = cross_model_agreement([labels, *others], "ari")["mean"]
+        print(f"[quality] {dataset.name}: {recipe.name}: ACC {row['acc_all']:.3f} NMI {row['nmi_all']:.3f} "
+              f"seed ARI {row['seed_ari']:.3f} AE-seed ARI {row['ae_seed_ari']:.3f} ({seconds:.0f} s)", flush=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+COLUMNS = {"recipe": "recipe", "acc_all": "ACC all", "nmi_all": "NMI all", "ari_all": "ARI all",
+           "acc_test": "ACC test", "nmi_test": "NMI test", "ari_test": "ARI test",
+           "seed_ari": "ARI across clusterer seeds", "ae_seed_ari": "ARI across AE seeds", "seconds": "seconds"}
+
+
+def markdown(table: pd.DataFrame) -> str:
+    shown = table.rename(columns=COLUMNS)[list(COLUMNS.values())]
+    shown = shown.dropna(axis=1, how="all")
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    cells = [[f"{v:.3f}" if isinstance(v, float) and name != "seconds" else (f"{v:.0f}" if name == "seconds" else str(v))
+              for name, v in zip(shown.columns, row)] for row in shown.itertuples(index=False)]
+    return header + "".join("| " + " | ".join(c.replace("nan", "–") for c in row) + " |\n" for row in cells)
+
+
+def write_results(sections: list[tuple[DataSet, pd.DataFrame]], args) -> None:
+    body = [BEGIN, "", machine_markdown(machine()), "Command: "
+            f"`python -m benchmarks.quality --ae-seeds {args.ae_seeds} --ae-epochs {args.ae_epochs} "
+            f"--face-epochs {args.face_epochs} --seeds {args.seeds}`"
+            + (" --no-faces" if args.no_faces else "") + (f" --limit {args.limit}" if args.limit else "") + ".", ""]
+    for dataset, table in sections:
+        body += [f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {dataset.train.epochs} epochs, "
+                 f"{args.seeds} clusterer seeds)", "", markdown(table)]
+    body.append(END)
+    text = RESULTS.read_text() if RESULTS.exists() else f"# Cluster quality\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise RuntimeError(f"{RESULTS} lacks the markers {BEGIN} / {END} that delimit the generated tables")
+    head, rest = text.split(BEGIN, 1)
+    RESULTS.write_text(head + "\n".join(body) + rest.split(END, 1)[1])
+    for dataset, table in sections:
+        table.to_csv(args.out / f"{dataset.name.lower().replace(' ', '-')}.csv", index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ae-seeds", type=int, default=3, help="autoencoders trained per data set (default 3)")
+    parser.add_argument("--ae-epochs", type=int, default=3, help="epochs of each Fashion-MNIST autoencoder (default 3)")
+    parser.add_argument("--face-epochs", type=int, default=40, help="epochs of each faces autoencoder (default 40)")
+    parser.add_argument("--seeds", type=int, default=10, help="clusterer seeds on the first autoencoder (default 10)")
+    parser.add_argument("--other-seeds", type=int, default=3,
+                        help="clusterer seeds on each other autoencoder, for the ARI across AE seeds (default 3)")
+    parser.add_argument("--faces-dir", type=Path,
+                        default=Path(os.environ.get("FEATURELENS_FACES_DIR", DEFAULT_FACES)),
+                        help="the ORL faces ($FEATURELENS_FACES_DIR, else ../shared/data/faces/att_faces)")
+    parser.add_argument("--no-faces", action="store_true", help="Fashion-MNIST only")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="Fashion-MNIST: the first N images of each split only (a quick check, not a result)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality", help="models and feature tables")
+    args = parser.parse_args(argv)
+    if not args.no_faces and not args.faces_dir.is_dir():
+        parser.error(f"--faces-dir {args.faces_dir} is not a folder (or pass --no-faces)")
+
+    from pipelines.runtime import init_ray
+
+    init_ray()
+    datasets = [fashion_mnist(args)] + ([] if args.no_faces else [orl_faces(args)])
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections = [(dataset, quality_table(dataset, args)) for dataset in datasets]
+    write_results(sections, args)
+    print(f"[quality] tables written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Feature transforms and clusterers (pure functions, no Ray), and the cross-model agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from pipelines.config import StabilityConfig, parse_transform
+from pipelines.stability import adjusted_rand_index, cross_model_agreement
+from pipelines.transforms import (
+    apply_transform,
+    fit_clusters,
+    l2_normalize,
+    pca,
+    standardize,
+    within_cluster_sum_of_squares,
+)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=300, n_features=8, centers=3, cluster_std=1.0, random_state=0)
+    return X.astype(np.float32), y
+
+
+def test_a_transform_is_a_chain_of_known_steps():
+    assert parse_transform("none") == [] and parse_transform("") == []
+    assert parse_transform("L2, pca-whiten,umap") == ["l2", "pca-whiten", "umap"]
+    with pytest.raises(ValueError, match="unknown step 'tsne'"):
+        parse_transform("l2,tsne")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"transform": "pca,foo"}, "unknown step 'foo'"), ({"clusterer": "dbscan"}, "clusterer must be one of"),
+     ({"pca_components": 0}, "pca_components must be >= 1"), ({"umap_neighbors": 1}, "umap_neighbors must be >= 2"),
+     ({"gmm_covariance": "banded"}, "gmm_covariance must be one of")],
+)
+def test_bad_transform_or_clusterer_options_are_refused_by_name(options, message):
+    with pytest.raises(ValueError, match=message):
+        StabilityConfig(**options)
+
+
+def test_standardize_gives_zero_mean_unit_variance_and_leaves_constant_features_at_zero():
+    X = np.column_stack([np.arange(10.0), 5 * np.arange(10.0) + 3, np.full(10, 7.0)])
+    Z = standardize(X)
+    np.testing.assert_allclose(Z.mean(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(Z.std(axis=0), [1, 1, 0], atol=1e-6)
+    assert np.isfinite(Z).all()
+
+
+def test_l2_normalize_gives_unit_rows_and_keeps_a_zero_row():
+    Z = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0]]))
+    np.testing.assert_allclose(Z, [[0.6, 0.8], [0, 0], [-1, 0]])
+
+
+def test_pca_keeps_the_leading_components_and_whitening_gives_unit_variance(blobs):
+    X, _ = blobs
+    Z = pca(X, 3, whiten=False, seed=0)
+    W = pca(X, 3, whiten=True, seed=0)
+    assert Z.shape == W.shape == (300, 3)
+    assert Z.var(axis=0)[0] > Z.var(axis=0)[2]
+    np.testing.assert_allclose(W.var(axis=0, ddof=1), 1.0, rtol=1e-3)
+    assert pca(X, 50, whiten=False, seed=0).shape == (300, 8)  # no more components than features
+
+
+def test_umap_embeds_deterministically_and_keeps_the_blobs_apart(blobs):
+    X, y = blobs
+    options = dict(umap_components=2, umap_neighbors=15, seed=0)
+    once, again = apply_transform(X, ["umap"], **options), apply_transform(X, ["umap"], **options)
+    assert once.shape == (300, 2) and once.dtype == np.float32
+    np.testing.assert_array_equal(once, again)
+    assert adjusted_rand_index(y, fit_clusters(once, 3, seed=0)) == 1.0
+
+
+def test_umap_needs_more_rows_than_neighbours():
+    with pytest.raises(ValueError, match="umap_neighbors=20 needs more than 20 rows"):
+        apply_transform(np.zeros((10, 3)), ["umap"])
+
+
+@pytest.mark.parametrize("clusterer", ["kmeans", "gmm"])
+def test_both_clusterers_find_the_planted_blobs_and_repeat_with_a_seed(blobs, clusterer):
+    X, y = blobs
+    labels = fit_clusters(X, 3, seed=4, clusterer=clusterer)
+    assert adjusted_rand_index(y, labels) == 1.0
+    np.testing.assert_array_equal(labels, fit_clusters(X, 3, seed=4, clusterer=clusterer))
+
+
+def test_within_cluster_sum_of_squares_is_kmeans_inertia(blobs):
+    X, _ = blobs
+    fitted = KMeans(n_clusters=4, n_init=1, random_state=0).fit(X)
+    assert within_cluster_sum_of_squares(X, fitted.labels_) == pytest.approx(fitted.inertia_, rel=1e-4)
+
+
+def test_cross_model_agreement_is_one_for_the_same_partitions_relabelled_and_near_zero_for_random():
+    rng = np.random.default_rng(0)
+    partition = rng.integers(0, 4, size=2000)
+    relabelled = (partition + 1) % 4
+    same = cross_model_agreement([np.stack([partition, partition]), relabelled[None]])
+    assert same == {"mean": 1.0, "std": 0.0, "min": 1.0, "n_pairs": 2, "n_models": 2}
+    random = cross_model_agreement([rng.integers(0, 4, size=(3, 2000)) for _ in range(3)])
+    assert random["n_pairs"] == 27 and abs(random["mean"]) < 0.01
+
+
+def test_cross_model_agreement_refuses_one_model_or_different_points():
+    with pytest.raises(ValueError, match="at least 2 models"):
+        cross_model_agreement([np.zeros((2, 5), dtype=int)])
+    with pytest.raises(ValueError, match="same points"):
+        cross_model_agreement([np.zeros((2, 5), dtype=int), np.zeros((2, 6), dtype=int)])
