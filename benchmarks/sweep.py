@@ -52,7 +52,7 @@ def sequential(features: str, rows: int | None, config) -> dict:
 
 
 def tune(features: str, rows: int | None, config, cpus_per_trial: float | None) -> dict:
-    from pipelines.clustering import load_k_result, plan_sweep, run_trials, write_outputs
+    from pipelines.clustering import load_k_result, plan_sweep, run_trials, transformed_points, write_outputs
 
     data = load(features, rows)
     out = BENCH_DIR / "tune"
@@ -62,7 +62,7 @@ def tune(features: str, rows: int | None, config, cpus_per_trial: float | None) 
         config.cpus_per_trial = cpus_per_trial
     plan = plan_sweep(data, config, out, overwrite=True)
     started = time.perf_counter()
-    run_trials(plan)
+    run_trials(plan, transformed_points(plan))  # as sweep_sequential, the transform (if any) is timed
     seconds = time.perf_counter() - started
     started = time.perf_counter()
     results = [load_k_result(out, k) for k in config.k_values]

@@ -44,14 +44,14 @@ def plain_epoch(images: int, batch: int, epochs: int, threads: int, seed: int = 
     x = torch.from_numpy(data[:images].copy())
     config = TrainConfig(epochs=epochs, batch_size=batch, seed=seed, workers=1)
     network = training_network(initial_model(ModelSpec(), config), "autoencoder")
-    optimizer, _ = build_optimizer(network, config)
+    optimizer, scheduler = build_optimizer(network, config, steps_per_epoch=-(-len(x) // batch))
     generator = torch.Generator().manual_seed(seed)
     rates, cpu_rates, losses = [], [], []
     for _ in range(epochs):
         epoch_started, cpu_started = time.perf_counter(), time.process_time()
         order = torch.randperm(len(x), generator=generator)
         batches = ({"image": x[order[i : i + batch]]} for i in range(0, len(x), batch))
-        loss_sum, seen = train_epoch(network, batches, optimizer, "autoencoder")
+        loss_sum, seen = train_epoch(network, batches, optimizer, "autoencoder", scheduler)  # as each Ray worker
         rates.append(seen / (time.perf_counter() - epoch_started))
         cpu_rates.append(seen / (time.process_time() - cpu_started))
         losses.append(loss_sum / seen)

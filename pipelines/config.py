@@ -6,6 +6,7 @@ Each stage reads one of these dataclasses; the jobs build their ``--help`` from 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,18 +265,17 @@ class ReportConfig:
 
 
 def parse_k(text: str) -> list[int]:
-    """'2-10' -> [2, ..., 10]; '2,4,10' -> [2, 4, 10]."""
-    try:
-        if "-" in text:
-            low, high = (int(part) for part in text.split("-"))
-            values = list(range(low, high + 1))
-        else:
-            values = sorted({int(part) for part in text.split(",")})
-    except ValueError:
-        raise ValueError(f"k must look like 2-10 or 2,4,10; got {text!r}") from None
-    if not values:
-        raise ValueError(f"k gives no cluster counts: {text!r}")
-    return values
+    """'2-10' -> [2, ..., 10]; '2,4,10' -> [2, 4, 10]; '2-5,10,40' -> [2, 3, 4, 5, 10, 40]."""
+    values: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise ValueError(f"k must look like 2-10, 2,4,10 or 2-10,20,40; got {text!r}")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise ValueError(f"k gives no cluster counts in {part.strip()!r} of {text!r}")
+        values.update(range(low, high + 1))
+    return sorted(values)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

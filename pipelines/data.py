@@ -452,11 +452,11 @@ def to_shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
     )
 
 
-def write_image_shards(source: ImageSource, out_dir: str | Path) -> None:
+def write_image_shards(source: ImageSource, out_dir: str | Path, overwrite: bool = False) -> None:
     """Write a source as Parquet image shards, streaming; the class names go in the table metadata."""
     from pipelines.storage import atomic_output_dir
 
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         source.dataset.map_batches(to_shard_table, batch_format="numpy").write_parquet(str(tmp))
         (tmp / CLASS_NAMES_FILE).write_text("\n".join(source.class_names) + "\n")
 

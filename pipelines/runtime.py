@@ -15,6 +15,7 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     Idempotent: a second call in the same process reuses the connection."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    patient_dashboard()
     if ray.is_initialized():
         return
     quiet = {"log_to_driver": True, "logging_level": logging.WARNING}
@@ -32,6 +33,14 @@ def init_ray(num_cpus: int | None = None) -> None:
             ray.shutdown()
             ray.init(include_dashboard=False, **local)
     quiet_ray_data()
+
+
+def patient_dashboard() -> None:
+    """Longer start-up timeouts for the dashboard's modules than Ray's 30 s: on a busy 2-core
+    machine they miss it, and the dashboard (the state API, the job server) is then missing.
+    Set here, before Ray starts, so that ``ray start`` from the same environment gets them too."""
+    os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "90")
+    os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "120")
 
 
 def quiet_ray_data() -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.runtime import patient_dashboard
+
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("succeeded", "failed", "stopped")  # as `ray job status` words them
 
@@ -34,8 +36,10 @@ def ray_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.Completed
 @pytest.fixture
 def local_cluster():
     """A one-node Ray cluster started the way a user starts a head node; stopped afterwards."""
+    patient_dashboard()  # the head's dashboard serves `ray job submit`: let its modules start on a busy machine
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+
     dashboard_port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="featurelens-cluster-")
     started = ray_cli(

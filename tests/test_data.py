@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from jobs import shards as shards_job
 from pipelines.config import DataConfig
 from pipelines.data import (
     FASHION_MNIST_CLASSES,
@@ -16,7 +17,6 @@ from pipelines.data import (
     fashion_mnist_arrays,
     load_images,
     read_idx,
-    write_image_shards,
 )
 
 
@@ -79,10 +79,14 @@ def test_train_and_test_splits_are_disjoint_and_stable(ray_session, faces_dir):
     assert 40 <= len(test) <= 120  # about test_fraction = 0.2
 
 
-def test_parquet_image_shards_round_trip(ray_session, faces_dir, tmp_path):
+def test_parquet_image_shards_round_trip(ray_session, faces_dir, tmp_path, capsys):
     folder = load_images(DataConfig(dataset="images", data_dir=str(faces_dir), image_size="32x32"), "all")
-    write_image_shards(folder, tmp_path / "shards")
+    argv = ["--dataset", "images", "--data-dir", str(faces_dir), "--image-size", "32x32", "--out", str(tmp_path / "shards")]
+    shards_job.main(argv)
     assert pq.read_table(tmp_path / "shards").num_rows == 400  # plain pyarrow reads them
+    with pytest.raises(SystemExit) as refused:  # an existing folder is refused, not added to
+        shards_job.main(argv)
+    assert refused.value.code == 2 and "already exists" in capsys.readouterr().err
     shards = load_images(DataConfig(dataset="parquet", data_dir=str(tmp_path / "shards")), "all")
     assert shards.num_images == 400 and shards.class_names == folder.class_names
     a = folder.dataset.take_batch(1000)

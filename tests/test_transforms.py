@@ -7,7 +7,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from pipelines.config import StabilityConfig, parse_transform
+from pipelines.config import StabilityConfig, parse_k, parse_transform
 from pipelines.stability import adjusted_rand_index, cross_model_agreement
 from pipelines.transforms import (
     apply_transform,
@@ -109,3 +109,11 @@ def test_cross_model_agreement_refuses_one_model_or_different_points():
         cross_model_agreement([np.zeros((2, 5), dtype=int)])
     with pytest.raises(ValueError, match="same points"):
         cross_model_agreement([np.zeros((2, 5), dtype=int), np.zeros((2, 6), dtype=int)])
+
+
+def test_k_takes_ranges_lists_and_both():
+    assert parse_k("2-4") == [2, 3, 4] and parse_k("10,2,4") == [2, 4, 10]
+    assert parse_k("2-4, 10,40") == [2, 3, 4, 10, 40]
+    for bad in ("", "2-", "two", "5-3"):
+        with pytest.raises(ValueError, match="k "):
+            parse_k(bad)
