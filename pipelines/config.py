@@ -93,6 +93,7 @@ class TrainConfig:
         None, "Adam learning rate of the classifier; default lr / 10, as in the seed"
     )
     weight_decay: float = opt(1e-5, "Adam weight decay")
+    classifier_dropout: float = opt(0.5, "dropout of the classifier head (nn.Dropout's default, as in the seed)")
     lr_schedule: str = opt(
         "step", "step (the seed's StepLR: x lr_gamma every lr_step epochs) or cosine (decay to 0 over the epochs)"
     )
@@ -129,6 +130,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
         if self.freeze_encoder and self.mode != "classifier":
             raise ValueError("freeze_encoder applies to mode classifier only")
 

@@ -44,6 +44,7 @@ class ModelSpec:
     channels: int = 1
     num_classes: int = 10
     code_dim: int = CODE_DIM
+    dropout: float = 0.5  # the classifier head's (nn.Dropout's default, as in the seed); no weights
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -122,7 +123,7 @@ class Autoencoder(nn.Module):
 
         # Logits: cross-entropy applies its own softmax (the seed's extra sigmoid is not copied).
         self.classifier = nn.Sequential(
-            nn.Linear(spec.code_dim, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, spec.num_classes)
+            nn.Linear(spec.code_dim, 64), nn.ReLU(), nn.Dropout(spec.dropout), nn.Linear(64, spec.num_classes)
         )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -431,6 +431,7 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
         width=train_source.width,
         channels=train_source.channels,
         num_classes=max(1, train_source.num_classes),
+        dropout=config.classifier_dropout,
     )
     done = read_metrics(run_dir)
     if (run_dir / MODEL_FILE).exists() and done and done[-1]["epoch"] >= config.epochs:

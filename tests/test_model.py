@@ -80,6 +80,13 @@ def test_checkpoint_round_trip_keeps_weights_and_fingerprint(tmp_path):
     assert fingerprint(Autoencoder(ModelSpec(64, 64, 3, 7))) != fingerprint(model)
 
 
+def test_the_classifier_dropout_is_part_of_the_spec_and_survives_a_checkpoint(tmp_path):
+    model = Autoencoder(ModelSpec(dropout=0.1))
+    assert model.classifier[2].p == 0.1 and Autoencoder().classifier[2].p == 0.5
+    save_model(tmp_path / "model.pt", model)
+    assert load_model(tmp_path)[0].classifier[2].p == 0.1
+
+
 class Payload:
     """Unpickling this would run code: a checkpoint must never be unpickled as a whole object."""
 
