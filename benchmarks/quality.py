@@ -182,10 +182,10 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def write_results(sections: list[tuple[DataSet, pd.DataFrame]], args) -> None:
-    body = [BEGIN, "", machine_markdown(machine()), "Command: "
-            f"`python -m benchmarks.quality --ae-seeds {args.ae_seeds} --ae-epochs {args.ae_epochs} "
-            f"--face-epochs {args.face_epochs} --seeds {args.seeds}`"
-            + (" --no-faces" if args.no_faces else "") + (f" --limit {args.limit}" if args.limit else "") + ".", ""]
+    command = (f"python -m benchmarks.quality --ae-seeds {args.ae_seeds} --ae-epochs {args.ae_epochs} "
+               f"--face-epochs {args.face_epochs} --seeds {args.seeds} --other-seeds {args.other_seeds}"
+               + (" --no-faces" if args.no_faces else "") + (f" --limit {args.limit}" if args.limit else ""))
+    body = [BEGIN, "", machine_markdown(machine()), f"Command: `{command}`", ""]
     for dataset, table in sections:
         body += [f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {dataset.train.epochs} epochs, "
                  f"{args.seeds} clusterer seeds)", "", markdown(table)]
