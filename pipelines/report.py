@@ -142,8 +142,8 @@ def generated_at() -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    def cell(value) -> str:  # a "|" inside a cell (a partition "{a} | {b}") would end it
+        return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
@@ -240,7 +240,7 @@ def recluster_section(run_dir: Path) -> Section:
     groups = json.loads((folder / "groups.json").read_text())
     paragraphs = [f"Method {groups.get('method')}, k = {groups.get('k')}, k_re = {groups.get('k_re')}, "
                   f"over {groups.get('n_seeds')} clusterer seeds."]
-    rows = [(" | ".join(group.get("classes", [])), group.get("share")) for group in groups.get("groups", [])]
+    rows = [(", ".join(group.get("classes", [])), group.get("share")) for group in groups.get("groups", [])]
     figures = [(caption_of(path), path) for path in sorted(folder.rglob("*.png"))]
     return Section("Class re-clustering", paragraphs,
                    [("Class groups and the share of seeds they recur in", pd.DataFrame(rows, columns=["group", "share of seeds"]))],

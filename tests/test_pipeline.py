@@ -1,6 +1,7 @@
 """The pipeline job end to end on a tiny real run, its resume rules, and the report in a browser."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,11 @@ def test_report_markdown_has_every_section(pipeline_run):
     text = (pipeline_run / "report" / "report.md").read_text()
     for title in REPORT_SECTIONS:
         assert f"## {title}\n" in text, title
+    # Every row of a table has its header's columns: a "|" inside a cell (the re-clustered
+    # partition "{a} | {b}" in the stage summaries) is escaped.
+    for table in re.findall(r"(?:^\|.*\|\n)+", text, flags=re.M):
+        widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table.splitlines()}
+        assert len(widths) == 1, table
 
 
 def test_report_renders_in_headless_chromium_with_all_its_figures(pipeline_run):
