@@ -1,6 +1,7 @@
 """Run the whole pipeline: train -> extract -> stability -> recluster -> report.
 
     python -m jobs.pipeline --run-dir runs/fmnist [--config configs/fashion-mnist.toml] [overrides]
+    python -m jobs.pipeline --run-dir runs/fmnist-n2d --preset fashion-mnist-n2d
     python -m jobs.pipeline --run-dir runs/faces --dataset images \\
         --data-dir ../shared/data/faces/att_faces --image-size 112x92
 
@@ -13,13 +14,15 @@ recomputes from STAGE on. Connects to $RAY_ADDRESS when set (as under `ray job s
 import argparse
 
 from pipelines.cli import add_config_arguments, run_job
-from pipelines.pipeline import SECTIONS, STAGES, PipelineConfig, load_config_file, merge
+from pipelines.pipeline import SECTIONS, STAGES, PipelineConfig, load_config_file, merge, preset_path, presets
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", required=True, help="the run directory (on shared storage for a multi-node cluster)")
-    parser.add_argument("--config", help="TOML config file; the command line overrides single values")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", help="TOML config file; the command line overrides single values")
+    source.add_argument("--preset", help=f"a named config shipped in configs/: {', '.join(presets())}")
     parser.add_argument("--from", dest="from_stage", choices=STAGES, help="recompute from this stage on")
     for section, config_class in SECTIONS.items():
         add_config_arguments(parser, config_class, prefix="" if section == "data" else f"{section}-", overrides_only=True)
@@ -28,7 +31,8 @@ def main() -> None:
     def job() -> None:
         from pipelines.pipeline import run_pipeline
 
-        file_values = load_config_file(args["config"]) if args["config"] else {}
+        config_file = preset_path(args["preset"]) if args["preset"] else args["config"]
+        file_values = load_config_file(config_file) if config_file else {}
         overrides: dict[str, dict] = {}
         for section, config_class in SECTIONS.items():
             prefix = "" if section == "data" else f"{section}_"

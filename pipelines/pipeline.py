@@ -84,6 +84,20 @@ SECTIONS = {
 }
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped with the code (and --working-dir)
+
+
+def presets() -> list[str]:
+    """The named presets: the config files in configs/ (``--preset fashion-mnist``)."""
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    if name not in presets():
+        raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(presets())} (files in {PRESETS_DIR})")
+    return PRESETS_DIR / f"{name}.toml"
+
+
 def load_config_file(path: str | Path) -> dict[str, dict]:
     """A TOML config file as {section: {option: value}}."""
     path = Path(path)

@@ -107,3 +107,14 @@ def test_pipeline_help_shows_every_option_with_its_default():
         assert flag in out
     assert "(default: 2-10)" in out
     assert "80%-subsample" in out and "option_strings" not in out  # a literal % survives argparse
+
+
+def test_every_preset_is_a_valid_config_and_an_unknown_one_is_refused_by_name():
+    from pipelines.pipeline import load_config_file, preset_path, presets
+
+    assert "fashion-mnist" in presets()
+    for name in presets():
+        PipelineConfig.from_dict(load_config_file(preset_path(name)))  # raises on an unknown option
+    out = subprocess.run([sys.executable, "-m", "jobs.pipeline", "--run-dir", "unused", "--preset", "nope"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown preset 'nope'; the presets are fashion-mnist" in out.stderr
