@@ -8,6 +8,7 @@ machine hits both alike. Ratios are taken per repetition, then the median over r
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -251,3 +252,11 @@ def start_ray(attempts: int = 3) -> float:
             log(f"ray.init failed ({str(error)[:120]}); retrying ({attempt}/{attempts})")
             ray.shutdown()
     raise AssertionError("unreachable")
+
+
+def benchmark_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark's command line shares: --quick and --repeats."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions of each measurement")
+    return parser

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import (
+    benchmark_parser,
     SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, spread, start_ray,
 )
 
@@ -171,10 +172,8 @@ def main() -> None:
     argv = child_argv()
     if argv is not None:
         return child(argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4,000 images, one repetition (a smoke run)")
+    parser = benchmark_parser(__doc__, "4,000 images, one repetition (a smoke run)")
     parser.add_argument("--images", type=int, default=None, help="images (default 70,000: train + test)")
-    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--model", default=None, help="model file (default: a seeded untrained one)")
     parser.add_argument("--actors", default=None, help="comma-separated actor counts; 0 = the default plan")
     args = parser.parse_args()

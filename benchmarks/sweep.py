@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import (
+    benchmark_parser,
     SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, spread, start_ray,
 )
 
@@ -169,12 +170,10 @@ def main() -> None:
     argv = child_argv()
     if argv is not None:
         return child(argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="10,000 rows, k=2-4 x 2 seeds, one repetition")
+    parser = benchmark_parser(__doc__, "10,000 rows, k=2-4 x 2 seeds, one repetition")
     parser.add_argument("--full", action="store_true", help="10 seeds per k (the issue's grid)")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--resamples", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--features", default=None)
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--k", default="2-10")

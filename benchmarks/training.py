@@ -23,6 +23,7 @@ import shutil
 import time
 
 from benchmarks.common import (
+    benchmark_parser,
     SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, spread, start_ray,
 )
 
@@ -169,10 +170,8 @@ def main() -> None:
     argv = child_argv()
     if argv is not None:
         return child(argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2,000 images, one repetition (a smoke run)")
+    parser = benchmark_parser(__doc__, "2,000 images, one repetition (a smoke run)")
     parser.add_argument("--images", type=int, default=None, help="training images (default 20,000; 60,000 is the full split)")
-    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--workers", default="1,2",
                         help="Ray Train worker counts to measure; a trailing s (1s) streams Ray Data batches (cache off)")
     parser.add_argument("--batch", type=int, default=64)
