@@ -16,7 +16,7 @@ IMAGE_MODES = ("L", "RGB")
 BAD_IMAGE_POLICIES = ("error", "skip")
 TRAIN_MODES = ("autoencoder", "classifier")
 LR_SCHEDULES = ("step", "cosine")
-AUGMENTATIONS = ("none", "flip")
+AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
 TRANSFORM_STEPS = ("standardize", "l2", "pca", "pca-whiten", "umap")
 CLUSTERERS = ("kmeans", "gmm")
 GMM_COVARIANCES = ("full", "diag", "tied", "spherical")
@@ -94,12 +94,17 @@ class TrainConfig:
     )
     weight_decay: float = opt(1e-5, "Adam weight decay")
     classifier_dropout: float = opt(0.5, "dropout of the classifier head (nn.Dropout's default, as in the seed)")
+    label_smoothing: float = opt(0.0, "classifier: cross-entropy against labels smoothed by this much (0: none)")
     lr_schedule: str = opt(
         "step", "step (the seed's StepLR: x lr_gamma every lr_step epochs) or cosine (decay to 0 over the epochs)"
     )
     lr_step: int = opt(20, "step schedule: multiply the learning rate by lr_gamma every lr_step epochs")
     lr_gamma: float = opt(0.1, "step schedule: the factor")
-    augment: str = opt("none", "none, or flip: each training image mirrored left-right with probability 1/2")
+    augment: str = opt(
+        "none",
+        "none, flip (each training image mirrored left-right with probability 1/2), shift (moved by up to "
+        "2 pixels each way, zeros shifted in) or flip+shift",
+    )
     workers: int = opt(2, "Ray Train workers (data-parallel)")
     cpus_per_worker: float | None = opt(
         None, "CPUs per worker; default: the cluster's CPUs less one for Ray Data, shared out"
@@ -130,6 +135,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
         if self.freeze_encoder and self.mode != "classifier":

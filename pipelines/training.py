@@ -63,27 +63,41 @@ def training_network(model: Autoencoder, mode: str) -> nn.Module:
     return nn.Sequential(model.encoder, head)
 
 
-def batch_loss(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """Mean loss of one batch: per-pixel MSE, or cross-entropy on the logits."""
+def batch_loss(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, mode: str,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean loss of one batch: per-pixel MSE, or cross-entropy on the logits (against labels
+    smoothed by ``label_smoothing``)."""
     inputs = scale_images(images)
     outputs = network(inputs)
     if mode == "autoencoder":
         return nn.functional.mse_loss(outputs, inputs)
-    return nn.functional.cross_entropy(outputs, labels)
+    return nn.functional.cross_entropy(outputs, labels, label_smoothing=label_smoothing)
+
+
+SHIFT_PIXELS = 2
 
 
 def augment_images(images: torch.Tensor, augment: str) -> torch.Tensor:
-    """``flip``: each uint8 image (N, H, W[, C]) mirrored left-right with probability 1/2."""
-    if augment == "none":
-        return images
-    mirrored = torch.rand(len(images), device=images.device) < 0.5
-    mask = mirrored.view(-1, *([1] * (images.dim() - 1)))
-    return torch.where(mask, images.flip(2), images)
+    """Random changes to a batch of uint8 images (N, H, W[, C]) that keep their class:
+    ``flip`` mirrors each left-right with probability 1/2; ``shift`` moves each by up to
+    SHIFT_PIXELS rows and columns (uniform), filling with zeros (the background)."""
+    if "flip" in augment:
+        mirrored = torch.rand(len(images), device=images.device) < 0.5
+        images = torch.where(mirrored.view(-1, *([1] * (images.dim() - 1))), images.flip(2), images)
+    if "shift" in augment:
+        n, height, width = images.shape[:3]
+        s = SHIFT_PIXELS
+        padded = nn.functional.pad(images.movedim((1, 2), (-2, -1)), (s, s, s, s)).movedim((-2, -1), (1, 2))
+        dy, dx = torch.randint(0, 2 * s + 1, (2, n, 1), device=images.device)
+        rows = (dy + torch.arange(height, device=images.device))[:, :, None]
+        cols = (dx + torch.arange(width, device=images.device))[:, None, :]
+        images = padded[torch.arange(n, device=images.device)[:, None, None], rows, cols]
+    return images
 
 
 def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.optim.Optimizer, mode: str,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                augment: str = "none") -> tuple[float, int]:
+                augment: str = "none", label_smoothing: float = 0.0) -> tuple[float, int]:
     """One pass over ``batches`` ({"image": uint8, "label": int64}); returns (sum of losses, images).
     ``scheduler`` (see :func:`build_optimizer`) steps after every optimizer step; ``augment``
     (see :func:`augment_images`) applies to the training images only.
@@ -94,7 +108,7 @@ def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.op
     loss_sum, seen = None, 0
     for batch in batches:
         images, labels = augment_images(batch["image"], augment), batch.get("label")
-        loss = batch_loss(network, images, None if labels is None else labels.long(), mode)
+        loss = batch_loss(network, images, None if labels is None else labels.long(), mode, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -262,7 +276,7 @@ def train_loop_per_worker(loop: dict) -> None:
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started, cpu_started = time.perf_counter(), time.process_time()
         train_loss, train_seen = train_epoch(network, batches("train", epoch), optimizer, config.mode, scheduler,
-                                             config.augment)
+                                             config.augment, config.label_smoothing)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         test_loss, correct, test_seen = evaluate(network, batches("test", None), config.mode)
         train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds = _sum_over_workers(

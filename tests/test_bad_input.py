@@ -156,7 +156,8 @@ def test_mixed_sizes_and_modes_are_resized_as_configured(faces_dir, tmp_path, ra
     "option, value, named",
     [("--epochs", "-1", "epochs"), ("--workers", "0", "workers"), ("--limit", "0", "limit"),
      ("--image-size", "3x3", "image_size"), ("--on-bad-image", "ignore", "on_bad_image"),
-     ("--batch-size", "1", "batch_size")],
+     ("--batch-size", "1", "batch_size"), ("--label-smoothing", "1", "label_smoothing"),
+     ("--augment", "rotate", "augment")],
 )
 def test_train_option_out_of_range_exits_2_naming_it(option, value, named, tmp_path):
     result = run_module("jobs.train", option, value, "--run-dir", "run", cwd=tmp_path, timeout=60)

@@ -12,6 +12,7 @@ from pipelines.model import Autoencoder, ModelSpec, load_model, save_model
 from pipelines.training import (
     ResourceError,
     augment_images,
+    batch_loss,
     build_optimizer,
     evaluate,
     initial_model,
@@ -73,6 +74,54 @@ def test_flip_augmentation_mirrors_about_half_of_the_images_and_nothing_else():
     unchanged = (augmented == images).flatten(1).all(1)
     assert (mirrored | unchanged).all() and 150 < mirrored.sum() < 250
     assert augment_images(images, "none") is images
+
+
+def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` moved dy rows down and dx columns right, zeros shifted in (the reference)."""
+    out = torch.zeros_like(image)
+    height, width = image.shape[:2]
+    out[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = \
+        image[max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(300, 6, 5), (300, 6, 5, 3)])
+def test_shift_augmentation_moves_each_image_by_at_most_two_pixels(shape):
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, shape, dtype=torch.uint8)  # no zeros: a shift is told by the zeros it brings in
+    augmented = augment_images(images, "shift")
+    moves = []
+    for image, result in zip(images, augmented):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(shifted(image, dy, dx), result)]
+        assert len(matches) == 1
+        moves.append(matches[0])
+    assert len(set(moves)) == 25  # every move of the 5 x 5 happens, (0, 0) among them
+
+
+def test_flip_and_shift_together_is_a_mirror_image_moved():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (200, 6, 5), dtype=torch.uint8)
+    augmented = augment_images(images, "flip+shift")
+    mirrored = 0
+    for image, result in zip(images, augmented):
+        plain = any(torch.equal(shifted(image, dy, dx), result) for dy in range(-2, 3) for dx in range(-2, 3))
+        flipped = any(torch.equal(shifted(image.flip(1), dy, dx), result) for dy in range(-2, 3) for dx in range(-2, 3))
+        assert plain or flipped
+        mirrored += flipped and not plain
+    assert 60 < mirrored < 140
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+    torch.manual_seed(0)
+    network = training_network(Autoencoder(), "classifier")
+    images, labels = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8), torch.arange(8) % 10
+    network.eval()  # no dropout: the same logits for both losses
+    logits = network(images.unsqueeze(1).float() / 255)
+    targets = torch.full((8, 10), 0.1 / 10).scatter_(1, labels[:, None], 1 - 0.1 + 0.1 / 10)
+    expected = -(targets * logits.log_softmax(1)).sum(1).mean()
+    assert batch_loss(network, images, labels, "classifier", label_smoothing=0.1).item() == pytest.approx(expected.item())
+    assert batch_loss(network, images, labels, "classifier").item() == pytest.approx(
+        nn.functional.cross_entropy(logits, labels).item())
 
 
 def test_resources_leave_a_cpu_for_ray_data():
