@@ -16,7 +16,9 @@
 #   FASHION_MNIST_DIR    the four Fashion-MNIST IDX .gz files (else /usr/share/datasets/fashion-mnist,
 #                        ./data/fashion-mnist, ../shared/data/fashion-mnist or ~/.cache/featurelens)
 #   REUSE_TORCH=1        when the machine's Python already has a CUDA torch, build the venv on top of
-#                        it (--system-site-packages) instead of downloading torch 2.14.1 (gigabytes)
+#                        it (--system-site-packages) instead of downloading torch 2.14.1 (gigabytes);
+#                        when it imports Ray and the rest too (.bundle/ray-site.tar.xz, made by
+#                        benchmarks/offline_bundle.sh, brings Ray offline), use it as it is
 #   OUT=DIR              where the table and the figures go (default .bench/gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,10 +61,35 @@ pick_python() {
   done
   return 1
 }
-ready() { "$VENV/bin/python" -c 'import torch, ray, pyarrow, sklearn, pipelines.training' >/dev/null 2>&1; }
+ready() { "$1" -c 'import torch, ray, pyarrow, sklearn, pipelines.training' >/dev/null 2>&1; }
 
-if [ -x "$VENV/bin/python" ] && ready; then
+# Offline (no package registry): Ray from the archive that benchmarks/offline_bundle.sh makes.
+use_bundle() {
+  [ -f .bundle/ray-site.tar.xz ] || return 0
+  SITE=/tmp/featurelens-site
+  [ -d "$SITE/ray" ] || { mkdir -p "$SITE" && tar -xJf .bundle/ray-site.tar.xz -C "$SITE"; }
+  export PYTHONPATH="$SITE:$PYTHONPATH"
+  say "Ray from .bundle/ray-site.tar.xz (unpacked in $SITE)"
+}
+
+complete_python() {  # the first of the machine's Pythons that has a CUDA torch and imports the rest
+  for candidate in "${PYTHON:-}" python3 python3.12 python3.11 python3.13; do
+    [ -n "$candidate" ] && command -v "$candidate" >/dev/null || continue
+    ready "$candidate" && "$candidate" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' >/dev/null 2>&1 \
+      && { echo "$candidate"; return; }
+  done
+  return 1
+}
+
+VPY="$VENV/bin/python"  # the Python that runs the benchmark
+{ [ -x "$VPY" ] && ready "$VPY"; } || use_bundle
+if [ -x "$VPY" ] && ready "$VPY"; then
   say "using $VENV as it is"
+elif [ "$REUSE_TORCH" = 1 ] && MACHINE_PY=$(complete_python); then
+  # The machine's Python has everything (its CUDA torch; Ray from the archive): nothing to install.
+  # Used directly: a venv made from it would not see its packages when it is itself a venv.
+  VPY=$(command -v "$MACHINE_PY")
+  say "using the machine's Python as it is: $VPY"
 else
   PY=$(pick_python) || { say "no Python >= 3.11 found"; exit 2; }
   VENV_ARGS=()
@@ -83,7 +110,6 @@ EOF
   fi
   say "creating $VENV with $PY ($("$PY" --version 2>&1)) ${VENV_ARGS[*]:-}"
   "$PY" -m venv "${VENV_ARGS[@]}" "$VENV"
-  VPY="$VENV/bin/python"
   install() {  # uv when it installs (parallel downloads: about 3x faster than pip here), else pip
     if "$VPY" -m pip install -q uv >>"$LOG" 2>&1; then
       "$VPY" -m uv pip install --python "$VPY" "$@" >>"$LOG" 2>&1 && return 0
@@ -98,13 +124,13 @@ EOF
     install -e . || { say "pip install -e . failed: see $LOG"; tail -20 "$LOG"; exit 2; }
   fi
 fi
-say "installed in $(( $(date +%s) - T0 )) s: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1)"
+say "installed in $(( $(date +%s) - T0 )) s: $("$VPY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1)"
 
 # --- the checks and timings ---------------------------------------------------------------------
 LEFT=$(( BUDGET - ( $(date +%s) - T0 ) - 20 ))
 say "running benchmarks.gpu (device $DEVICE${LIMIT:+, limit $LIMIT}; $LEFT s left of the $BUDGET s budget)"
 set +e
-"$VENV/bin/python" -m benchmarks.gpu --device "$DEVICE" ${LIMIT:+--limit "$LIMIT"} --out "$OUT" --deadline "$LEFT" 2>&1 | tee -a "$LOG"
+"$VPY" -m benchmarks.gpu --device "$DEVICE" ${LIMIT:+--limit "$LIMIT"} --out "$OUT" --deadline "$LEFT" 2>&1 | tee -a "$LOG"
 STATUS=${PIPESTATUS[0]}
 set -e
 say "finished with status $STATUS in $(( $(date +%s) - T0 )) s (budget $BUDGET s)"
