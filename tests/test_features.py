@@ -21,7 +21,9 @@ from torch import nn
 
 from pipelines.config import DataConfig, ExtractConfig
 from pipelines.data import FASHION_MNIST_CLASSES, DataError, fashion_mnist_arrays, to_shard_table
-from pipelines.features import METADATA_KEY, extract_features, feature_schema, feature_table, read_features
+from pipelines.features import (
+    METADATA_KEY, ActorPlan, extract_features, feature_schema, feature_table, plan_actors, read_features,
+)
 from pipelines.model import Autoencoder, ModelSpec, fingerprint, load_model, save_model, scale_images
 from pipelines.storage import OutputExistsError
 
@@ -239,3 +241,18 @@ def test_job_fails_with_one_clear_line(case, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("featurelens extract: error: ") and expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    "cpus, gpus, settings, expected",
+    [
+        (2, 0, {}, ActorPlan(actors=1, cpus=1.0, gpus=0.0, threads=2)),  # a core in torch threads, one left reserved
+        (2, 0, {"actors": 2}, ActorPlan(actors=2, cpus=0.5, gpus=0.0, threads=1)),
+        (16, 0, {}, ActorPlan(actors=15, cpus=1.0, gpus=0.0, threads=1)),
+        (16, 1, {"gpus_per_actor": 1}, ActorPlan(actors=1, cpus=1.0, gpus=1.0, threads=1)),
+    ],
+)
+def test_actor_plan_leaves_ray_data_a_cpu_and_uses_every_core(cpus, gpus, settings, expected):
+    plan = plan_actors(ExtractConfig(**settings), cluster_cpus=cpus, cluster_gpus=gpus)
+    assert plan == expected
+    assert plan.actors * plan.cpus <= cpus - 1  # never the whole cluster: Ray Data would wait forever
