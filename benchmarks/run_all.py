@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: checks that it all runs")
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of each measurement (default 3; sweep 2)")
-    parser.add_argument("--train-images", type=int, default=None, help="training images (default 20,000; full: 60000)")
+    parser.add_argument("--train-images", type=int, default=None, help="training images (default 10,000 x 2 epochs; full: 60000)")
     parser.add_argument("--full-sweep", action="store_true", help="10 seeds per k (default 3)")
     parser.add_argument("--run-dir", default=None, help="the `make run` directory holding stages.json")
     parser.add_argument("--append", action=argparse.BooleanOptionalAction, default=None,
