@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     benchmark_parser,
-    SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, spread, start_ray,
+    SCRATCH, Table, child_argv, cpu_count, log, ratio_cell, report_result, run_child, spread, start_ray,
 )
 
 TARGET = 1.0

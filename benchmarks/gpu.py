@@ -57,8 +57,6 @@ def sync(device) -> None:
 
 def compare(name: str, cpu, gpu, rtol: float) -> dict:
     """Largest difference relative to the CPU values' scale: a pass/fail per tolerance."""
-    import torch
-
     gpu = gpu.detach().float().cpu()
     cpu = cpu.detach().float()
     scale = float(cpu.abs().max()) or 1.0
@@ -238,7 +236,6 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=float(os.environ.get("DEADLINE", 420)),
                         help="seconds this may take: optional rows are skipped when it is near")
     args = parser.parse_args()
-    import numpy as np
     import torch
 
     from pipelines.data import fashion_mnist_arrays

@@ -173,7 +173,7 @@ def run(quick: bool = False, seeds: int | None = None, resamples: int = 0, repea
         "on this machine (on more cores the ceiling rises).",
         "seconds: sweep_sequential's call vs Tune's run_trials (trial start-up, the fits, per-k result files); "
         "writing the summaries and figures and starting Ray are shown apart.",
-        f"per-k seconds in the first sequential run: "
+        "per-k seconds in the first sequential run: "
         + ", ".join(f"k={kk}: {s:.1f}" for kk, s in sorted(results["sequential"][0]["fit_seconds"].items(), key=lambda i: int(i[0])))
         + f" (slowest k={slowest[0]}).",
     ]
