@@ -254,6 +254,18 @@ def start_ray(attempts: int = 3) -> float:
     raise AssertionError("unreachable")
 
 
+def shuffled_batches(columns: dict, batch: int, generator):
+    """Batches of ``batch`` rows of in-memory tensors (same length, on one device), in a fresh
+    permutation drawn from ``generator``: the plain loops' stand-in for a worker's shard."""
+    import torch
+
+    first = next(iter(columns.values()))
+    order = torch.randperm(len(first), generator=generator, device=first.device)
+    for start in range(0, len(order), batch):
+        pick = order[start : start + batch]
+        yield {name: tensor[pick] for name, tensor in columns.items()}
+
+
 def benchmark_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
     """The options every benchmark's command line shares: --quick and --repeats."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -21,7 +21,7 @@ import re
 import time
 from pathlib import Path
 
-from benchmarks.common import SCRATCH, Table
+from benchmarks.common import SCRATCH, Table, shuffled_batches
 
 def cosine(lr: float, dropout: float, augment: str = "none", **more) -> dict:
     """TrainConfig settings of a recipe with the cosine schedule."""
@@ -101,19 +101,14 @@ def train_recipe(job: tuple[str, dict, str, int, int | None]) -> dict:
     optimizer, scheduler = build_optimizer(network, config, steps)
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
-    def train_batches():
-        order = torch.randperm(len(train_x), generator=generator, device=device)
-        for start in range(0, len(order), batch):
-            pick = order[start : start + batch]
-            yield {"image": train_x[pick], "label": train_y[pick]}
-
     def test_batches():
         for start in range(0, len(test_x), 1024):
             yield {"image": test_x[start : start + 1024], "label": test_y[start : start + 1024]}
 
     history, started = [], time.perf_counter()
     for epoch in range(1, epochs + 1):
-        loss_sum, seen = train_epoch(network, train_batches(), optimizer, "classifier", scheduler, config.augment,
+        batches = shuffled_batches({"image": train_x, "label": train_y}, batch, generator)
+        loss_sum, seen = train_epoch(network, batches, optimizer, "classifier", scheduler, config.augment,
                                      config.label_smoothing)
         test_loss, correct, tested = evaluate(network, test_batches(), "classifier")
         history.append({"epoch": epoch, "train_loss": loss_sum / seen, "test_loss": test_loss / tested,

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from benchmarks.common import (
     benchmark_parser,
-    SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, spread, start_ray,
+    SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, shuffled_batches, spread,
+    start_ray,
 )
 
 TARGET = 0.9
@@ -54,8 +55,7 @@ def plain_epoch(images: int, batch: int, epochs: int, threads: int, seed: int = 
     rates, cpu_rates, losses = [], [], []
     for _ in range(epochs):
         epoch_started, cpu_started = time.perf_counter(), time.process_time()
-        order = torch.randperm(len(x), generator=generator)
-        batches = ({"image": x[order[i : i + batch]]} for i in range(0, len(x), batch))
+        batches = shuffled_batches({"image": x}, batch, generator)
         loss_sum, seen = train_epoch(network, batches, optimizer, "autoencoder", scheduler)  # as each Ray worker
         rates.append(seen / (time.perf_counter() - epoch_started))
         cpu_rates.append(seen / (time.process_time() - cpu_started))
@@ -205,18 +205,18 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
     plain_cpu = [first_and_warm(r, "images_per_cpu_s")[1] for r in results["plain"]]
     summary: dict = {"plain": [first for first, _ in plain], "model": None}
 
-    def add_row(label: str, runs: list[dict]) -> list[float]:
+    def add_row(label: str, runs: list[dict], baseline: bool = False) -> list[float]:
         rates = [first_and_warm(r) for r in runs]
         first_ratio = median([first / base[0] for (first, _), base in zip(rates, plain)])
         ratios = [warm / base[1] for (_, warm), base in zip(rates, plain)]
         cpu = [first_and_warm(r, "images_per_cpu_s")[1] for r in runs]
         table.add(label, f"{spread([first for first, _ in rates])} ({first_ratio:.2f})",
-                  spread([warm for _, warm in rates]), ratio_cell(ratios, TARGET) if runs is not results["plain"] else "1.00",
+                  spread([warm for _, warm in rates]), "1.00" if baseline else ratio_cell(ratios, TARGET),
                   f"{spread(cpu)} ({median([c / b for c, b in zip(cpu, plain_cpu)]):.2f})",
                   spread([r["wall_seconds"] for r in runs], 1), f"{median([r['train_loss'][-1] for r in runs]):.4f}")
         return ratios
 
-    add_row(f"plain loop, {cpu_count()} torch threads", results["plain"])
+    add_row(f"plain loop, {cpu_count()} torch threads", results["plain"], baseline=True)
     for name in workers:
         if name.startswith("ddp"):
             summary[name] = add_row(f"plain DDP, {name.removeprefix('ddp')} processes (torch.distributed over gloo, "

@@ -8,7 +8,7 @@ from torch import nn
 
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import fashion_mnist_arrays
-from pipelines.model import Autoencoder, ModelSpec, load_model, save_model
+from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
 from pipelines.training import (
     ResourceError,
     augment_images,
@@ -116,7 +116,7 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
     network = training_network(Autoencoder(), "classifier")
     images, labels = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8), torch.arange(8) % 10
     network.eval()  # no dropout: the same logits for both losses
-    logits = network(images.unsqueeze(1).float() / 255)
+    logits = network(scale_images(images))
     targets = torch.full((8, 10), 0.1 / 10).scatter_(1, labels[:, None], 1 - 0.1 + 0.1 / 10)
     expected = -(targets * logits.log_softmax(1)).sum(1).mean()
     assert batch_loss(network, images, labels, "classifier", label_smoothing=0.1).item() == pytest.approx(expected.item())
