@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Ray on one node: loopback only, no usage stats.
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test bench quality install clean
+.PHONY: run test test-gpu bench quality install clean
 
 # The venv is rebuilt only when pyproject.toml changes, so a second call installs nothing.
 $(STAMP): pyproject.toml
@@ -22,8 +22,12 @@ run: $(STAMP)
 
 # The cluster test runs `ray stop` at its end, so it gets a pytest session of its own, last.
 test: $(STAMP)
-	$(PY) -m pytest -m "not cluster"
+	$(PY) -m pytest -m "not cluster and not gpu"
 	$(PY) -m pytest -m cluster
+
+# Where a GPU is present: its results against the CPU's.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -7,8 +7,8 @@ feature table (id, label, label_name, path, 512-d feature, recon_mse) with the s
 fresh process each:
 
 * plain: read the IDX files, ``torch.no_grad`` forward in batches of 512 with all cores, one
-  ``pyarrow.parquet.ParquetWriter`` (the schema of ``pipelines.features.feature_schema``);
-* Ray: ``pipelines.features.extract_features`` as ``jobs.extract`` runs it (Ray Data source,
+  ``pyarrow.parquet.ParquetWriter`` (the schema of ``pipelines.extract.feature_schema``);
+* Ray: ``pipelines.extract.extract_features`` as ``jobs.extract`` runs it (Ray Data source,
   an actor pool of encoders, ``write_parquet``, the id check), with its default actor plan, and
   with ``--actors 2`` (one per core) as a second row.
 
@@ -58,7 +58,7 @@ def plain_extract(model_path: str, out: str, images: int, batch: int, threads: i
     import torch
 
     from pipelines.data import FASHION_MNIST_CLASSES, fashion_mnist_arrays
-    from pipelines.features import feature_schema, feature_table
+    from pipelines.feature_table import feature_schema, feature_table
     from pipelines.model import load_model, scale_images
 
     torch.set_num_threads(threads)
@@ -89,7 +89,7 @@ def plain_extract(model_path: str, out: str, images: int, batch: int, threads: i
 
 def ray_extract(model_path: str, out: str, images: int, batch: int, actors: int | None, gpus_per_actor: float = 0.0) -> dict:
     from pipelines.config import DataConfig, ExtractConfig
-    from pipelines.features import extract_features
+    from pipelines.extract import extract_features
 
     ray_seconds = start_ray()
     limit = None if images >= 70_000 else images // 2  # the limit applies to each split

@@ -33,7 +33,7 @@ import pandas as pd
 
 from benchmarks.common import REPO, machine, machine_markdown
 from pipelines.config import DataConfig, ExtractConfig, StabilityConfig, TrainConfig
-from pipelines.stability import class_agreement, cross_model_agreement, pairwise_seed_agreement
+from pipelines.measures import class_agreement, cross_model_agreement, pairwise_seed_agreement
 from pipelines.transforms import fit_clusters
 
 RESULTS = REPO / "RESULTS.md"
@@ -94,7 +94,7 @@ def cluster(X: np.ndarray, recipe: Recipe, k: int, seeds: int, transformed: dict
     """(labels [seeds, n], seconds) of ``seeds`` fits on the recipe's transform of ``X``. The
     transform is fitted once per matrix (``transformed`` caches it: a UMAP of 70,000 points takes
     minutes) and its time counts in every recipe that uses it."""
-    from pipelines.clustering import transform_points
+    from pipelines.sweep_scores import transform_points
 
     config = stability_config(recipe)
     key = (id(X), recipe.transform)
@@ -125,8 +125,9 @@ def prepare_models(dataset: DataSet, args) -> list:
     """Train (or resume) one autoencoder per seed and extract its features of every image."""
     from dataclasses import replace
 
-    from pipelines.features import extract_features, read_features
-    from pipelines.training import train
+    from pipelines.extract import extract_features
+    from pipelines.feature_table import read_features
+    from pipelines.train import train
 
     folder = args.out / dataset.name.lower().replace(" ", "-")
     tables = []

@@ -2,11 +2,11 @@
 
     make bench                              # = python -m benchmarks.run_all
     python -m benchmarks.run_all --quick    # a smoke run (minutes; nothing appended unless --append)
-    python -m benchmarks.run_all --only training,flops --repeats 5
+    python -m benchmarks.run_all --only training,sweep --repeats 5
 
 Order: training (its Ray run leaves a trained model), extraction (with that model; leaves the
-70,000 x 512 feature table), the sweep (on that table), the FLOP limit (with the training
-benchmark's plain images/s), the end-to-end stage times (read from the last `make run`).
+70,000 x 512 feature table), the sweep (on that table), the end-to-end stage times (read from
+the last `make run`).
 About 20-25 minutes on an idle 2-core machine; --quick takes a few.
 """
 
@@ -18,10 +18,10 @@ import sys
 import time
 import traceback
 
-from benchmarks import extraction, flops, sweep, stages, training
+from benchmarks import extraction, stages, sweep, training
 from benchmarks.common import SCRATCH, Table, append_report, load_average, log, machine
 
-ALL = ("training", "extraction", "sweep", "flops", "stages")
+ALL = ("training", "extraction", "sweep", "stages")
 
 
 def main() -> None:
@@ -46,21 +46,18 @@ def main() -> None:
     started = time.perf_counter()
     tables: list[Table] = []
     model = features = None
-    plain_train: list[float] | None = None
     for name in [n for n in ALL if n in chosen]:
         log(f"=== {name} ===")
         try:
             if name == "training":
                 new, summary = training.run(args.quick, args.train_images, args.repeats)
-                model, plain_train = summary["model"], summary["plain"]
+                model = summary["model"]
             elif name == "extraction":
                 new, summary = extraction.run(args.quick, repeats=args.repeats, model=model)
                 features = summary["features"]
             elif name == "sweep":
                 new, _ = sweep.run(args.quick, 10 if args.full_sweep else None, repeats=args.repeats,
                                    features=features)
-            elif name == "flops":
-                new = flops.run(args.quick, repeats=args.repeats, train_images_per_s=plain_train)
             else:
                 new = stages.run(args.run_dir)
         except Exception:  # noqa: BLE001 - one failed benchmark must not lose the others' tables

@@ -3,7 +3,7 @@
     python -m benchmarks.sweep [--quick] [--seeds 3] [--resamples 0] [--full] [--features PATH]
 
 The input is the 70,000 x 512 feature table the extraction benchmark wrote (made with the plain
-extraction loop when missing). Both sides run ``pipelines.clustering.evaluate_k`` for every
+extraction loop when missing). Both sides run ``pipelines.stability.evaluate_k`` for every
 k = 2..10, in a fresh process each:
 
 * sequential: ``sweep_sequential(X, config, classes)`` in one process; scikit-learn's OpenMP and
@@ -35,8 +35,8 @@ BENCH_DIR = SCRATCH / "sweep"
 
 
 def load(features: str, rows: int | None):
-    from pipelines.clustering import sweep_data
-    from pipelines.features import read_features
+    from pipelines.sweep_scores import sweep_data
+    from pipelines.feature_table import read_features
 
     table = read_features(features)
     n = rows or len(table)
@@ -47,7 +47,7 @@ def load(features: str, rows: int | None):
 def sequential(features: str, rows: int | None, config, threads: int | None) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from pipelines.clustering import sweep_sequential
+    from pipelines.sweep_scores import sweep_sequential
 
     data = load(features, rows)
     started = time.perf_counter()
@@ -59,7 +59,7 @@ def sequential(features: str, rows: int | None, config, threads: int | None) -> 
 
 
 def tune(features: str, rows: int | None, config, cpus_per_trial: float | None) -> dict:
-    from pipelines.clustering import load_k_result, plan_sweep, run_trials, transformed_points, write_outputs
+    from pipelines.stability import load_k_result, plan_sweep, run_trials, transformed_points, write_outputs
 
     data = load(features, rows)
     out = BENCH_DIR / "tune"

@@ -2,12 +2,12 @@
 
     python -m benchmarks.training [--quick] [--images 10000] [--epochs 2] [--repeats 3] [--workers 1,2,ddp2]
 
-Every path runs ``pipelines.training.train_epoch`` on the same model (seeded), global batch and
+Every path runs ``pipelines.train.train_epoch`` on the same model (seeded), global batch and
 images of Fashion-MNIST's training split, for the same epochs, in a fresh process each:
 
 * plain: the uint8 images in memory, a fresh permutation per epoch, batches of 64 sliced from
   it; torch threads = all cores; no Ray;
-* Ray Train: ``pipelines.training.train`` as ``jobs.train`` runs it (Ray Data ingest, the shard
+* Ray Train: ``pipelines.train.train`` as ``jobs.train`` runs it (Ray Data ingest, the shard
   cached in the worker, DDP over gloo when 2 workers), on a local Ray started by the process;
 * plain DDP (ddpN): N processes of torch.distributed over gloo on loopback, each with its share
   of the batch and cores / N threads, no Ray: the cost of data parallelism itself.
@@ -42,7 +42,7 @@ def plain_epoch(images: int, batch: int, epochs: int, threads: int, seed: int = 
     from pipelines.config import TrainConfig
     from pipelines.data import fashion_mnist_arrays
     from pipelines.model import ModelSpec
-    from pipelines.training import build_optimizer, initial_model, train_epoch, training_network
+    from pipelines.train import build_optimizer, initial_model, train_epoch, training_network
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -65,17 +65,14 @@ def plain_epoch(images: int, batch: int, epochs: int, threads: int, seed: int = 
 
 
 def ray_epoch(images: int, batch: int, epochs: int, workers: int, tag: str, overrides: dict, cache: bool = True) -> dict:
-    from pipelines import training
     from pipelines.config import DataConfig, TrainConfig
-    from pipelines.training import train
-
-    if not cache:  # the workers read this from the loop config the driver sends them
-        training.SHARD_CACHE_BYTES = 0
+    from pipelines.train import train
 
     ray_seconds = start_ray()
     run_dir = BENCH_DIR / tag
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = TrainConfig(epochs=epochs, workers=workers, batch_size=batch, **overrides)
+    config = TrainConfig(epochs=epochs, workers=workers, batch_size=batch, shard_cache_gib=2.0 if cache else 0.0,
+                         **overrides)
     started = time.perf_counter()
     result = train(DataConfig(limit=images), config, run_dir)
     wall = time.perf_counter() - started
@@ -94,7 +91,7 @@ def ddp_rank(rank: int, world: int, port: int, images: int, batch: int, epochs: 
     from pipelines.config import TrainConfig
     from pipelines.data import fashion_mnist_arrays
     from pipelines.model import ModelSpec
-    from pipelines.training import build_optimizer, initial_model, train_epoch, training_network
+    from pipelines.train import build_optimizer, initial_model, train_epoch, training_network
 
     torch.set_num_threads(max(1, cpu_count() // world))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

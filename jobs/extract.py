@@ -14,15 +14,15 @@ from pipelines.cli import add_config_arguments, config_from_arguments, run_job
 from pipelines.config import DataConfig, ExtractConfig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="the feature table folder to write (Parquet files)")
     add_config_arguments(parser, DataConfig)
     add_config_arguments(parser, ExtractConfig)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     def job() -> None:
-        from pipelines.features import extract_features
+        from pipelines.extract import extract_features
 
         data, config = config_from_arguments(args, DataConfig), config_from_arguments(args, ExtractConfig)
         extract_features(data, config, args.out)

@@ -17,7 +17,7 @@ from pipelines.cli import add_config_arguments, run_job
 from pipelines.pipeline import SECTIONS, STAGES, PipelineConfig, load_config_file, merge, preset_path, presets
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", required=True, help="the run directory (on shared storage for a multi-node cluster)")
     source = parser.add_mutually_exclusive_group()
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--from", dest="from_stage", choices=STAGES, help="recompute from this stage on")
     for section, config_class in SECTIONS.items():
         add_config_arguments(parser, config_class, prefix="" if section == "data" else f"{section}-", overrides_only=True)
-    args = vars(parser.parse_args())
+    args = vars(parser.parse_args(argv))
 
     def job() -> None:
         from pipelines.pipeline import run_pipeline

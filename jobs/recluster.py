@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def job() -> None:
-        from pipelines.regroup import run_regroup
+        from pipelines.recluster import run_recluster
 
         config = config_from_arguments(args, ReclusterConfig)
-        outcome = run_regroup(args.stability, args.features, config, args.out, overwrite=args.overwrite)
+        outcome = run_recluster(args.stability, args.features, config, args.out, overwrite=args.overwrite)
         print(f"featurelens recluster: {outcome.line()}")
 
     run_job("recluster", job)

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def job() -> None:
-        from pipelines.clustering import load_sweep_data, plan_sweep, run_sweep
+        from pipelines.stability import plan_sweep, run_sweep
+        from pipelines.sweep_scores import load_sweep_data
         from pipelines.runtime import init_ray, setup_logging
 
         setup_logging()

@@ -12,18 +12,18 @@ from pipelines.cli import add_config_arguments, config_from_arguments, run_job
 from pipelines.config import DataConfig, TrainConfig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", required=True, help="where the model, metrics and figures go")
     add_config_arguments(parser, DataConfig)
     add_config_arguments(parser, TrainConfig)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     def job() -> None:
         # The options are checked first: a bad one fails in a moment, before torch and Ray load.
         data, config = config_from_arguments(args, DataConfig), config_from_arguments(args, TrainConfig)
         from pipelines.runtime import init_ray
-        from pipelines.training import train
+        from pipelines.train import train
 
         init_ray()
         train(data, config, args.run_dir)

@@ -118,6 +118,9 @@ class TrainConfig:
     freeze_encoder: bool = opt(
         False, "classifier mode: train only the head (a linear probe of the encoder's features)"
     )
+    shard_cache_gib: float = opt(
+        2.0, "each worker keeps its train and test shards in memory (on its GPU when it has one) when they "
+        "hold at most this many GiB, else streams them from Ray Data (0: always stream)")
     max_failures: int = opt(1, "worker failures to recover from by restarting at the last checkpoint")
     seed: int = opt(0, "seed of weights initialisation and shuffling")
 
@@ -130,7 +133,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < self.workers:
             raise ValueError(f"batch_size ({self.batch_size}) must be >= workers ({self.workers})")
-        for name in ("lr", "weight_decay", "gpus_per_worker", "max_failures"):
+        for name in ("lr", "weight_decay", "gpus_per_worker", "max_failures", "shard_cache_gib"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
@@ -186,8 +189,8 @@ class StabilityConfig:
     )
     heatmap_k: int | None = opt(
         None,
-        "k whose class x cluster counts (seed 0) are drawn as a heatmap; default: the re-clustering "
-        "k (ReclusterConfig.k) when swept, else the smallest k",
+        "k whose class x cluster counts (seed 0) are drawn as a heatmap; default: the number of classes "
+        "when swept, else the smallest k (the pipeline: its re-clustering k)",
     )
     transform: str = opt(
         "none",

@@ -30,7 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from pipelines.config import DataConfig, check_choice, SPLITS
+from pipelines.config import SPLITS, DataConfig, check_choice
+from pipelines.errors import DataError
+from pipelines.rundir import SKIPPED_IMAGES_FILE
 
 log = logging.getLogger("featurelens.data")
 
@@ -48,12 +50,7 @@ IMAGE_SUFFIXES = (".pgm", ".ppm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".tif
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 0x00000803, 0x00000801
 ROWS_PER_BLOCK = 2000
 FILES_PER_BLOCK = 200
-SKIPPED_IMAGES_FILE = "skipped_images.csv"
 IMAGE_COLUMNS = ("id", "image", "label", "label_name", "path")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file or column and what is wrong with it."""
 
 
 @dataclass
@@ -454,9 +451,9 @@ def to_shard_table(batch: dict[str, np.ndarray]) -> pa.Table:
 
 def write_image_shards(source: ImageSource, out_dir: str | Path, overwrite: bool = False) -> None:
     """Write a source as Parquet image shards, streaming; the class names go in the table metadata."""
-    from pipelines.storage import atomic_output_dir
+    from pipelines.storage import atomic_output
 
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output(out_dir, folder=True, overwrite=overwrite) as tmp:
         source.dataset.map_batches(to_shard_table, batch_format="numpy").write_parquet(str(tmp))
         (tmp / CLASS_NAMES_FILE).write_text("\n".join(source.class_names) + "\n")
 

@@ -28,11 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipelines.rundir import MODEL_FILE
+from pipelines.storage import atomic_output
+
 CODE_DIM = 512
 MAX_FINAL_SIDE = 7
 STAGE_WIDTHS = (32, 128)
 DEEP_STAGE_WIDTH = 256
-MODEL_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -151,16 +153,13 @@ def scale_images(images: torch.Tensor) -> torch.Tensor:
 
 def save_model(path: str | Path, model: Autoencoder, **info: object) -> None:
     """Write the weights and the spec (plus JSON-able ``info``) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "spec": asdict(model.spec),
         "state_dict": model.state_dict(),
         "info": json.dumps(info),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def resolve_model_path(path: str | Path) -> Path:

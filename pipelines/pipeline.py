@@ -1,13 +1,9 @@
-"""The whole run: train -> extract -> stability -> recluster -> report, into one run directory.
-
-Run directory::
-
-    RUN/config.toml     the resolved config (every option, defaults included)
-    RUN/stages.json     per stage: wall time, finish time, one-line summary
-    RUN/train/  RUN/features/  RUN/stability/  RUN/recluster/  RUN/report/
+"""The whole run: train -> extract -> stability -> recluster -> report, into one run directory
+(its layout: ``pipelines.rundir``).
 
 A stage whose complete output exists is skipped, so a rerun resumes where a failure stopped it;
-``--from STAGE`` recomputes that stage and the ones after it. A rerun whose config differs from
+``--from STAGE`` recomputes that stage and the ones after it, and an unfinished stage (more
+epochs, say) is continued and every stage after it recomputed. A rerun whose config differs from
 the saved one in an option that a finished stage used is refused, naming the option.
 """
 
@@ -30,9 +26,9 @@ from pipelines.config import (
     StabilityConfig,
     TrainConfig,
 )
+from pipelines.rundir import CONFIG_FILE, STAGES, STAGES_FILE, REPORT_HTML, stage_dir, stage_done
 from pipelines.storage import write_json_atomic, write_text_atomic
 
-STAGES = ("train", "extract", "stability", "recluster", "report")
 # The config sections each stage reads, its own and those of the stages before it.
 STAGE_SECTIONS = {
     "train": ("data", "train"),
@@ -41,8 +37,6 @@ STAGE_SECTIONS = {
     "recluster": ("data", "train", "extract", "stability", "recluster"),
     "report": ("data", "train", "extract", "stability", "recluster", "report"),
 }
-STAGE_DIRS = {"train": "train", "extract": "features", "stability": "stability", "recluster": "recluster", "report": "report"}
-CONFIG_FILE, STAGES_FILE = "config.toml", "stages.json"
 
 
 @dataclass
@@ -130,46 +124,39 @@ def merge(base: dict[str, dict], overrides: dict[str, dict]) -> dict[str, dict]:
 # --- stages --------------------------------------------------------------------------------------
 
 
-def stage_done(run_dir: Path, stage: str, config: PipelineConfig) -> bool:
-    """Whether a stage's complete output is there (each stage writes it atomically, last)."""
-    out = run_dir / STAGE_DIRS[stage]
-    if stage == "train":
-        from pipelines.training import read_metrics
-
-        history = read_metrics(out)
-        return (out / "model.pt").exists() and bool(history) and history[-1]["epoch"] >= config.train.epochs
-    marker = {"extract": ".", "stability": "summary.csv", "recluster": "groups.json", "report": "report.html"}[stage]
-    return (out / marker).exists()
-
-
 def run_train(run_dir: Path, config: PipelineConfig) -> str:
-    from pipelines.training import train
+    from pipelines.train import train
 
-    result = train(config.data, config.train, run_dir / "train")
+    result = train(config.data, config.train, stage_dir(run_dir, "train"))
     last = result.history[-1]
     accuracy = f", test accuracy {last['test_accuracy']:.4f}" if last.get("test_accuracy") is not None else ""
     return f"{len(result.history)} epochs, test loss {last['test_loss']:.5f}{accuracy}"
 
 
 def run_extract(run_dir: Path, config: PipelineConfig) -> str:
-    from pipelines.features import extract_features, read_features
+    from pipelines.extract import extract_features
 
-    extract = dataclasses.replace(config.extract, checkpoint=str(run_dir / "train"), overwrite=True)
-    path = extract_features(config.data, extract, run_dir / "features")
-    table = read_features(path)
-    return f"{len(table.ids):,} feature rows ({config.extract.split} split) in {path}"
+    extract = dataclasses.replace(config.extract, checkpoint=str(stage_dir(run_dir, "train")), overwrite=True)
+    rows = extract_features(config.data, extract, stage_dir(run_dir, "extract"))
+    return f"{rows:,} feature rows ({config.extract.split} split) in {stage_dir(run_dir, 'extract')}"
 
 
 def run_stability_stage(run_dir: Path, config: PipelineConfig) -> str:
-    from pipelines.clustering import load_sweep_data, run_stability
+    from pipelines.stability import run_stability
+    from pipelines.sweep_scores import load_sweep_data
 
-    return run_stability(load_sweep_data(run_dir / "features"), config.stability, run_dir / "stability").line()
+    stability = config.stability
+    if stability.heatmap_k is None and config.recluster.k in stability.k_values:
+        stability = dataclasses.replace(stability, heatmap_k=config.recluster.k)
+    features = load_sweep_data(stage_dir(run_dir, "extract"))
+    return run_stability(features, stability, stage_dir(run_dir, "stability")).line()
 
 
 def run_recluster_stage(run_dir: Path, config: PipelineConfig) -> str:
-    from pipelines.regroup import run_regroup
+    from pipelines.recluster import run_recluster
 
-    return run_regroup(run_dir / "stability", run_dir / "features", config.recluster, run_dir / "recluster").line()
+    return run_recluster(stage_dir(run_dir, "stability"), stage_dir(run_dir, "extract"), config.recluster,
+                         stage_dir(run_dir, "recluster")).line()
 
 
 def run_report_stage(run_dir: Path, config: PipelineConfig) -> str:
@@ -195,30 +182,53 @@ class StageError(RuntimeError):
     """A stage failed; the message names it and says how to go on."""
 
 
-def check_config_unchanged(run_dir: Path, config: PipelineConfig, from_stage: str | None) -> None:
-    """Refuse to keep finished stages that were computed under other options than ``config``.
+# Option changes a finished stage takes in its stride: more epochs continue training; new k
+# are added to the sweep (the k already computed are kept).
+RESUMABLE = {"train": {"train.epochs"}, "stability": {"stability.k", "stability.heatmap_k", "stability.cpus_per_trial"}}
 
-    Stages from ``from_stage`` on are recomputed anyway; a finished stage before it (or any, when
-    there is no ``from_stage``) whose options changed would be stale."""
-    saved_file = run_dir / "config.json"
+
+def changed_options(run_dir: Path, config: PipelineConfig) -> dict[str, tuple]:
+    """{"section.option": (saved value, new value)} against the config the run directory was made with."""
+    saved_file = run_dir / CONFIG_FILE
     if not saved_file.exists():
-        return
-    saved, current = json.loads(saved_file.read_text()), config.to_dict()
-    changed = {
-        f"{section}.{name}": (saved.get(section, {}).get(name), value)
-        for section, options in current.items()
-        for name, value in options.items()
-        if saved.get(section, {}).get(name) != value
-    }
-    recomputed = STAGES[STAGES.index(from_stage):] if from_stage else ()
-    for stage in STAGES:
-        stale = [key for key in changed if key.split(".")[0] in STAGE_SECTIONS[stage]]
-        if stale and stage not in recomputed and stage_done(run_dir, stage, config):
-            details = "; ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in stale)
+        return {}
+    saved, current = PipelineConfig.from_dict(load_config_file(saved_file)).to_dict(), config.to_dict()
+    return {f"{section}.{name}": (saved[section][name], value)
+            for section, options in current.items() for name, value in options.items()
+            if saved[section][name] != value}
+
+
+def stages_to_run(run_dir: Path, config: PipelineConfig, from_stage: str | None, changed: dict) -> list[str]:
+    """The stages this run computes: from ``from_stage`` on, else from the first stage that is
+    unfinished or whose own options changed in a way it resumes from (more epochs, new k).
+    A stage's output is its successors' input, so every stage after it runs too."""
+    if from_stage is None:
+        for stage in STAGES:
+            resumes = set(changed) & RESUMABLE.get(stage, set())
+            if resumes or not stage_done(run_dir, stage, config.train.epochs):
+                from_stage = stage
+                break
+    return list(STAGES[STAGES.index(from_stage):]) if from_stage else []
+
+
+def check_config_unchanged(run_dir: Path, changed: dict, kept: list[str], resumed: str | None) -> None:
+    """Refuse to keep finished stages that were computed under other options: the ``kept``
+    ones, and the ``resumed`` one beyond the changes it resumes from."""
+    for stage in [*kept, *([resumed] if resumed else [])]:
+        allowed = RESUMABLE.get(stage, set()) if stage == resumed else set()
+        stale = [key for key in changed if key.split(".")[0] in STAGE_SECTIONS[stage] and key not in allowed]
+        if stale and stage_dir(run_dir, stage).exists():
+            details = "; ".join(f"--{option_name(key)}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in stale)
             raise ValueError(
                 f"{run_dir}: stage {stage!r} ran with other options ({details}); rerun with "
                 f"--from {stage} to recompute from there, or use another --run-dir"
             )
+
+
+def option_name(key: str) -> str:
+    """'train.epochs' -> 'train-epochs', 'data.data_dir' -> 'data-dir': the option as typed."""
+    section, name = key.split(".")
+    return (name if section == "data" else f"{section}_{name}").replace("_", "-")
 
 
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, from_stage: str | None = None) -> Path:
@@ -228,17 +238,18 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, from_stage: str | 
     if from_stage is not None and from_stage not in STAGES:
         raise ValueError(f"--from must be one of {', '.join(STAGES)}; got {from_stage!r}")
     run_dir = Path(run_dir).resolve()
-    check_config_unchanged(run_dir, config, from_stage)
-    if from_stage is not None:
-        for stage in STAGES[STAGES.index(from_stage):]:
-            shutil.rmtree(run_dir / STAGE_DIRS[stage], ignore_errors=True)
-    pending = [stage for stage in STAGES if not stage_done(run_dir, stage, config)]
+    changed = changed_options(run_dir, config)
+    pending = stages_to_run(run_dir, config, from_stage, changed)
+    resumed = pending[0] if pending and from_stage is None else None
+    check_config_unchanged(run_dir, changed, [stage for stage in STAGES if stage not in pending], resumed)
+    report = stage_dir(run_dir, "report") / REPORT_HTML
     if not pending:
         print(f"[pipeline] every stage of {run_dir} is done; nothing to do (use --from STAGE to recompute)")
-        return run_dir / "report" / "report.html"
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return report
+    for stage in pending:
+        if stage != resumed:  # the resumed stage continues from what it has (epochs, finished k)
+            shutil.rmtree(stage_dir(run_dir, stage), ignore_errors=True)
     write_text_atomic(run_dir / CONFIG_FILE, to_toml(config.to_dict()))
-    write_json_atomic(run_dir / "config.json", config.to_dict())
     times = json.loads((run_dir / STAGES_FILE).read_text()) if (run_dir / STAGES_FILE).exists() else {}
     init_ray()
     for stage in STAGES:
@@ -247,19 +258,25 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, from_stage: str | 
             continue
         print(f"[pipeline] {stage}: running", flush=True)
         started = time.perf_counter()
-        try:
-            summary = STAGE_RUNNERS[stage](run_dir, config)
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            raise type(error)(f"stage {stage}: {error}") from None
-        except Exception as error:
-            from pipelines.cli import root_cause
-
-            raise StageError(
-                f"stage {stage} failed: {root_cause(error)}. Finished stages are kept: fix the cause "
-                f"and rerun the same command to resume from {stage}."
-            ) from error
+        summary = run_stage(stage, run_dir, config)
         seconds = time.perf_counter() - started
-        times[stage] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "summary": summary}
+        times[stage] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "summary": summary}
         write_json_atomic(run_dir / STAGES_FILE, times)
         print(f"[pipeline] {stage}: {summary} ({seconds:.0f} s)", flush=True)
-    return run_dir / "report" / "report.html"
+    return report
+
+
+def run_stage(stage: str, run_dir: Path, config: PipelineConfig) -> str:
+    """One stage; an input error keeps its kind (exit 2), any other failure says how to go on."""
+    try:
+        return STAGE_RUNNERS[stage](run_dir, config)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        raise type(error)(f"stage {stage}: {error}") from None
+    except Exception as error:
+        from pipelines.cli import root_cause
+
+        raise StageError(
+            f"stage {stage} failed: {root_cause(error)}. Finished stages are kept: fix the cause "
+            f"and rerun the same command to resume from {stage}."
+        ) from error

@@ -10,16 +10,15 @@ matplotlib.use("Agg")  # batch jobs have no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipelines.storage import atomic_output  # noqa: E402
+
 
 def save_figure(fig, path: str | Path) -> Path:
     """Write atomically, so that a report never embeds a half-written image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def loss_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
@@ -60,11 +59,11 @@ def image_grid(rows: list[np.ndarray], path: str | Path, row_titles: list[str], 
     return save_figure(fig, path)
 
 
-# --- cluster stability (pipelines.clustering, pipelines.regroup) --------------------------------
+# --- cluster stability (pipelines.stability, pipelines.recluster) --------------------------------
 
 
 def stability_vs_k(summary, path: str | Path, title: str = "") -> Path:
-    """Per k (a DataFrame of pipelines.clustering.summary_row): agreement between seeds and on
+    """Per k (a DataFrame of pipelines.stability.summary_row): agreement between seeds and on
     subsamples, mean ± std; beside it ACC, NMI and ARI against the classes when there are any."""
     with_classes = bool(summary["acc_mean"].notna().any())
     fig, axes = plt.subplots(1, 2 if with_classes else 1, figsize=(11 if with_classes else 6, 3.6), squeeze=False)
@@ -84,14 +83,14 @@ def stability_vs_k(summary, path: str | Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
-# Where pipelines.stability.jaccard_verdict changes its verdict.
+# Where pipelines.measures.jaccard_verdict changes its verdict.
 HENNIG_BOUNDS = (0.5, 0.6, 0.75, 0.85)
 
 
 def cluster_jaccard(clusters, path: str | Path, title: str = "") -> Path:
     """Every cluster's mean bootstrap Jaccard, one column of dots per k, in Hennig's verdict bands
-    (a DataFrame of pipelines.clustering.clusters_table)."""
-    from pipelines.stability import jaccard_verdict
+    (a DataFrame of pipelines.stability.clusters_table)."""
+    from pipelines.measures import jaccard_verdict
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(clusters))

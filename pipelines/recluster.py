@@ -1,332 +1,150 @@
-"""Class re-clustering: regroup classes by how they spread over clusters.
+"""Class re-clustering over every seed of one k of a stability sweep (the job ``jobs.recluster``).
 
-Each class is described by one vector, and the class vectors are grouped with
-KMeans into ``k_re`` groups. The description is the method:
+For each seed's clustering, ``pipelines.class_groups.recluster_classes`` groups the classes into
+``k_re`` groups; the groupings of all seeds are then summarised by how often two classes share a
+group (co-assignment) and by the groups that recur. The maths is ``pipelines.class_groups``'s; this
+module reads the sweep, loops over the seeds and writes.
 
-* ``membership`` (default): the class's distribution over the ``k`` clusters;
-* ``centroid``: the class's mean feature vector;
-* ``seed``: mean and std of the class's cluster *index*, as the original seed
-  code did. Cluster indices are nominal, so the mean only means something for
-  ``k = 2``, where it equals the share of the class in cluster 1 and the method
-  agrees with ``membership``. It is refused for ``k > 2``.
+Output folder::
 
-The seed code also assigned each image to the argmax of
-``KMeans.fit_transform`` distances, i.e. the *farthest* centroid;
-:func:`nearest_centroid` is the correct assignment.
-
-:func:`co_assignment` and :func:`recurring_groups` summarise the groupings of
-many seeds.
+    OUT/groups.json          recurring groups (class names, share of seeds), the most frequent
+                             whole grouping, method, k, k_re, n_seeds
+    OUT/co_assignment.csv    class x class: share of seeds in which two classes share a group
+    OUT/classes.csv          seed 0's per-class table: count, group, the method's description
+    OUT/plots/membership.png     class x cluster shares of seed 0, classes ordered by group
+    OUT/plots/co_assignment.png  the co-assignment table
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
-from sklearn.cluster import KMeans
-from sklearn.metrics import pairwise_distances_argmin
+import pandas as pd
 
-from pipelines.stability import check_label_pair, check_labels
-
-
-def nearest_centroid(X: ArrayLike, centroids: ArrayLike) -> NDArray[np.intp]:
-    """Assign every point to its nearest centroid.
-
-    ``KMeans.fit_transform`` returns distances, so its argmax is the farthest
-    centroid; the assignment is the argmin.
-
-    Parameters
-    ----------
-    X : array-like of shape (n_points, n_features)
-    centroids : array-like of shape (k, n_features)
-
-    Returns
-    -------
-    ndarray of shape (n_points,)
-        Index of the centroid with the smallest squared Euclidean distance.
-    """
-    return pairwise_distances_argmin(X, centroids, metric="sqeuclidean")
-
-
-def class_cluster_table(
-    class_labels: ArrayLike, cluster_labels: ArrayLike, n_classes: int, k: int
-) -> NDArray[np.int64]:
-    """Count the points of every class in every cluster.
-
-    Parameters
-    ----------
-    class_labels : array-like of shape (n_points,)
-        Class ids in ``[0, n_classes)``.
-    cluster_labels : array-like of shape (n_points,)
-        Cluster ids in ``[0, k)``.
-    n_classes, k : int
-
-    Returns
-    -------
-    ndarray of shape (n_classes, k), dtype int64
-        Empty classes and clusters keep their (zero) row and column.
-    """
-    classes, clusters = check_label_pair(
-        class_labels, cluster_labels, ("class_labels", "cluster_labels")
-    )
-    check_labels(classes, "class_labels", n_ids=n_classes)
-    check_labels(clusters, "cluster_labels", n_ids=k)
-    cells = np.bincount(classes * k + clusters, minlength=n_classes * k)
-    return cells.reshape(n_classes, k).astype(np.int64)
-
-
-def membership(counts: ArrayLike) -> NDArray[np.float64]:
-    """Each class's distribution over the clusters.
-
-    Parameters
-    ----------
-    counts : array-like of shape (n_classes, k)
-        As returned by :func:`class_cluster_table`.
-
-    Returns
-    -------
-    ndarray of shape (n_classes, k)
-        Rows sum to 1.
-    """
-    counts = np.asarray(counts, dtype=float)
-    if counts.ndim != 2 or (counts < 0).any():
-        raise ValueError("counts must be a 2-D table of non-negative counts")
-    totals = counts.sum(axis=1, keepdims=True)
-    if (totals == 0).any():
-        empty = np.flatnonzero(totals[:, 0] == 0).tolist()
-        raise ValueError(f"classes {empty} have no points: their distribution is undefined")
-    return counts / totals
-
-
-@dataclass(frozen=True, eq=False)
-class ReclusterResult:
-    """The grouping of the classes and the per-class table it was computed from.
-
-    Attributes
-    ----------
-    method : str
-    class_ids : ndarray of shape (n_classes,)
-        Sorted distinct class labels; row ``i`` of everything below is class
-        ``class_ids[i]``.
-    groups : ndarray of shape (n_classes,), dtype int
-        Group of each class.
-    table : dict of str -> ndarray with n_classes rows
-        Always ``count`` (points per class), plus the method's description:
-        ``mean_cluster_index`` and ``std_cluster_index`` (seed),
-        ``membership`` (membership) or ``class_mean`` (centroid).
-    """
-
-    method: str
-    class_ids: NDArray[np.int64]
-    groups: NDArray[np.int64]
-    table: dict[str, np.ndarray]
+from pipelines import plots
+from pipelines.config import ReclusterConfig
+from pipelines.class_groups import (
+    ReclusterResult,
+    canonical_partition,
+    class_cluster_table,
+    co_assignment,
+    membership,
+    recluster_classes,
+    recurring_groups,
+)
+from pipelines.rundir import GROUPS_FILE, read_labels, read_manifest
+from pipelines.storage import atomic_output, write_json_atomic
+from pipelines.sweep_scores import load_sweep_data
 
 
 @dataclass(frozen=True)
-class _ReclusterInputs:
-    """The inputs of :func:`recluster_classes`; each method takes the view it needs."""
+class ClassLabels:
+    """The points of the sweep whose class is known: their class, their features and their clusters."""
 
-    method: str
-    class_index: NDArray[np.intp]  # row 0..n_classes-1 of each point's class
-    n_classes: int
-    cluster_labels: ArrayLike | None
-    X: ArrayLike | None
-    k: int | None
-    allow_nominal_mean: bool
-
-    def counts(self) -> NDArray[np.int64]:
-        if self.cluster_labels is None or self.k is None:
-            raise ValueError(f"method={self.method!r} needs cluster_labels and k")
-        return class_cluster_table(self.class_index, self.cluster_labels, self.n_classes, self.k)
-
-    def class_means(self) -> NDArray[np.float64]:
-        if self.X is None:
-            raise ValueError(f"method={self.method!r} needs X")
-        X = np.asarray(self.X, dtype=float)
-        if X.ndim != 2 or len(X) != self.class_index.size:
-            raise ValueError(
-                f"X must have shape (n_points={self.class_index.size}, n_features), got {X.shape}"
-            )
-        return np.vstack([X[self.class_index == row].mean(axis=0) for row in range(self.n_classes)])
+    classes: np.ndarray  # [m] class index
+    X: np.ndarray  # [m, d]
+    clusterings: np.ndarray  # [seeds, m]: cluster of each point, per seed of the sweep
+    class_names: list[str]
 
 
-# What a method returns: its per-class table, and one vector per class for KMeans to group.
-Description = tuple[dict[str, np.ndarray], NDArray[np.float64]]
+@dataclass(frozen=True)
+class ReclusterOutcome:
+    config: ReclusterConfig
+    partition: list[list[str]]  # the most frequent grouping, as class names
+    partition_seeds: int  # seeds that gave it
+    n_seeds: int
+    out: Path
+
+    def line(self) -> str:
+        groups = " | ".join("{" + ", ".join(group) + "}" for group in self.partition)
+        return (f"k={self.config.k} → {groups} in {self.partition_seeds}/{self.n_seeds} seeds "
+                f"({self.config.method}, k_re={self.config.k_re}) → {self.out}")
 
 
-def _seed_method(inputs: _ReclusterInputs) -> Description:
-    """Mean and std of the cluster index of each class; groups on the mean."""
-    counts = inputs.counts()
-    k = counts.shape[1]
-    if k > 2:
-        reason = (
-            f"method='seed' averages cluster indices, which are nominal: for k={k} the mean "
-            "and std depend on the arbitrary numbering of the clusters and mean nothing"
-        )
-        if not inputs.allow_nominal_mean:
-            raise ValueError(
-                f"{reason}. Use method='membership', or pass allow_nominal_mean=True "
-                "to reproduce the legacy computation."
-            )
-        warnings.warn(f"{reason}.", stacklevel=3)
-    share = membership(counts)
-    cluster_index = np.arange(k)
-    mean = share @ cluster_index
-    std = np.sqrt((share * (cluster_index - mean[:, None]) ** 2).sum(axis=1))
-    table = {"count": counts.sum(axis=1), "mean_cluster_index": mean, "std_cluster_index": std}
-    return table, mean[:, None]
+def load_class_labels(stability: str | Path, features: str | Path | None, k: int) -> ClassLabels:
+    """The sweep's clusterings of ``k`` beside the features and classes of the table it swept."""
+    manifest = read_manifest(stability)
+    if k not in manifest["k"]:
+        raise ValueError(f"k={k} is not in the sweep at {stability} (k: {', '.join(map(str, manifest['k']))})")
+    features = features or manifest["features"]
+    if features is None:
+        raise ValueError(f"the sweep at {stability} records no feature table: pass --features")
+    data = load_sweep_data(features)
+    if data.fingerprint != manifest["fingerprint"]:
+        raise ValueError(f"{features} is not the feature table the sweep at {stability} clustered "
+                         f"(fingerprint {data.fingerprint}, the sweep's {manifest['fingerprint']})")
+    if data.classes is None:
+        raise ValueError(f"{features} has no class labels: there are no classes to re-cluster")
+    _, clusterings = read_labels(stability, k)  # the fingerprint covers the ids
+    known = data.classes >= 0
+    return ClassLabels(data.classes[known], data.X[known], clusterings[:, known], data.class_names)
 
 
-def _membership_method(inputs: _ReclusterInputs) -> Description:
-    """Distribution of each class over the clusters."""
-    counts = inputs.counts()
-    share = membership(counts)
-    return {"count": counts.sum(axis=1), "membership": share}, share
+def regroup_seeds(labels: ClassLabels, config: ReclusterConfig) -> list[ReclusterResult]:
+    """One re-clustering of the classes per seed of the sweep (its own KMeans seed, too)."""
+    return [
+        recluster_classes(config.method, class_labels=labels.classes, cluster_labels=clustering, X=labels.X,
+                          k=config.k, k_re=config.k_re, seed=seed, allow_nominal_mean=config.allow_nominal_mean)
+        for seed, clustering in enumerate(labels.clusterings)
+    ]
 
 
-def _centroid_method(inputs: _ReclusterInputs) -> Description:
-    """Mean feature vector of each class."""
-    means = inputs.class_means()
-    count = np.bincount(inputs.class_index, minlength=inputs.n_classes)
-    return {"count": count, "class_mean": means}, means
+def names_of(class_indices, class_ids: np.ndarray, class_names: list[str]) -> list[str]:
+    """Class names of rows of a ReclusterResult (row i is class ``class_ids[i]``), sorted."""
+    return sorted(class_names[class_ids[row]] for row in class_indices)
 
 
-# Method name -> function describing each class by one vector (plus its table).
-RECLUSTER_METHODS: dict[str, Callable[[_ReclusterInputs], Description]] = {
-    "seed": _seed_method,
-    "membership": _membership_method,
-    "centroid": _centroid_method,
-}
+def most_frequent_partition(groupings: np.ndarray) -> tuple[frozenset[frozenset[int]], int]:
+    """The grouping of the classes that most seeds gave, whatever the group ids, and how many gave it."""
+    return Counter(canonical_partition(grouping) for grouping in groupings).most_common(1)[0]
 
 
-def recluster_classes(
-    method: str = "membership",
-    *,
-    class_labels: ArrayLike,
-    cluster_labels: ArrayLike | None = None,
-    X: ArrayLike | None = None,
-    k: int | None = None,
-    k_re: int,
-    seed: int = 0,
-    allow_nominal_mean: bool = False,
-) -> ReclusterResult:
-    """Group the classes into ``k_re`` groups by how they spread over the clusters.
-
-    Parameters
-    ----------
-    method : {"membership", "centroid", "seed"}
-        See the module docstring.
-    class_labels : array-like of shape (n_points,)
-        Class of each point (any integer ids).
-    cluster_labels : array-like of shape (n_points,), optional
-        Cluster of each point, ids in ``[0, k)``; needed by membership and seed.
-    X : array-like of shape (n_points, n_features), optional
-        Features; needed by centroid.
-    k : int, optional
-        Number of clusters; needed by membership and seed.
-    k_re : int
-        Number of groups, ``2 <= k_re < n_classes``.
-    seed : int
-        ``random_state`` of the KMeans that groups the classes.
-    allow_nominal_mean : bool
-        Let method ``seed`` run for ``k > 2`` (with a warning).
-
-    Returns
-    -------
-    ReclusterResult
-    """
-    if method not in RECLUSTER_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(RECLUSTER_METHODS)}")
-    class_ids, class_index = np.unique(
-        check_labels(class_labels, "class_labels"), return_inverse=True
-    )
-    if k_re < 2:
-        raise ValueError(f"k_re must be at least 2, got {k_re}")
-    if k_re >= class_ids.size:
-        raise ValueError(
-            f"k_re={k_re} must be below the number of classes ({class_ids.size}): "
-            "otherwise every class is alone in its group by construction"
-        )
-    inputs = _ReclusterInputs(
-        method, class_index, class_ids.size, cluster_labels, X, k, allow_nominal_mean
-    )
-    table, description = RECLUSTER_METHODS[method](inputs)
-    # Only n_classes points: many restarts cost nothing and make the grouping
-    # depend less on `seed`.
-    groups = KMeans(n_clusters=k_re, n_init=10, random_state=seed).fit_predict(description)
-    return ReclusterResult(method, class_ids, groups.astype(np.int64), table)
+def run_recluster(stability: str | Path, features: str | Path | None, config: ReclusterConfig, out: str | Path,
+                overwrite: bool = False) -> ReclusterOutcome:
+    labels = load_class_labels(stability, features, config.k)
+    results = regroup_seeds(labels, config)
+    class_ids = results[0].class_ids  # the same classes for every seed
+    groupings = np.vstack([result.groups for result in results])
+    partition, partition_seeds = most_frequent_partition(groupings)
+    partition_names = sorted(names_of(group, class_ids, labels.class_names) for group in partition)
+    names = [labels.class_names[class_id] for class_id in class_ids]
+    with atomic_output(out, folder=True, overwrite=overwrite) as folder:
+        write_json_atomic(folder / GROUPS_FILE, {
+            "method": config.method, "k": config.k, "k_re": config.k_re, "n_seeds": len(results),
+            "min_share": config.min_share,
+            "groups": [{"classes": names_of(group, class_ids, labels.class_names), "share": share}
+                       for group, share in recurring_groups(groupings, config.min_share)],
+            "partition": {"groups": partition_names, "seeds": partition_seeds},
+        })
+        co_assigned = pd.DataFrame(co_assignment(groupings), index=names, columns=names)
+        co_assigned.to_csv(folder / "co_assignment.csv", index_label="class")
+        class_table(results[0], names).to_csv(folder / "classes.csv", index=False)
+        write_plots(folder / "plots", labels, results[0], co_assigned, config)
+    return ReclusterOutcome(config, partition_names, partition_seeds, len(results), Path(out))
 
 
-def _check_groupings(groupings: ArrayLike) -> NDArray[np.int64]:
-    groupings = np.asarray(groupings)
-    if groupings.ndim != 2:
-        raise ValueError(f"groupings must have shape (n_seeds, n_classes), got {groupings.shape}")
-    return check_labels(groupings.ravel(), "groupings").reshape(groupings.shape)
+def class_table(result: ReclusterResult, names: list[str]) -> pd.DataFrame:
+    """One row per class: name, group, and the method's per-class table (vectors spread over columns)."""
+    columns = {"class": names, "group": result.groups}
+    for name, values in result.table.items():
+        values = np.asarray(values)
+        wide = values.ndim == 2  # e.g. membership [n_classes, k]: one column per cluster
+        columns.update({f"{name}_{j}": column for j, column in enumerate(values.T)} if wide else {name: values})
+    return pd.DataFrame(columns)
 
 
-def canonical_partition(groups: ArrayLike) -> frozenset[frozenset[int]]:
-    """A grouping as a set of sets of class indices, blind to the group ids.
-
-    Parameters
-    ----------
-    groups : array-like of shape (n_classes,)
-        Group of each class.
-
-    Returns
-    -------
-    frozenset of frozenset of int
-    """
-    groups = check_labels(groups, "groups")
-    return frozenset(frozenset(np.flatnonzero(groups == g).tolist()) for g in np.unique(groups))
-
-
-def co_assignment(groupings: ArrayLike) -> NDArray[np.float64]:
-    """Share of seeds in which two classes fall in the same group.
-
-    Parameters
-    ----------
-    groupings : array-like of shape (n_seeds, n_classes)
-        One grouping per seed.
-
-    Returns
-    -------
-    ndarray of shape (n_classes, n_classes)
-        Symmetric, with ones on the diagonal.
-    """
-    groupings = _check_groupings(groupings)
-    return (groupings[:, :, None] == groupings[:, None, :]).mean(axis=0)
-
-
-def recurring_groups(
-    groupings: ArrayLike, min_share: float = 0.5
-) -> list[tuple[tuple[int, ...], float]]:
-    """Groups of classes that recur across seeds, whatever their group ids.
-
-    Parameters
-    ----------
-    groupings : array-like of shape (n_seeds, n_classes)
-        One grouping per seed.
-    min_share : float
-        Keep groups found in at least this share of seeds, in ``[0, 1]``.
-
-    Returns
-    -------
-    list of (tuple of int, float)
-        ``(sorted class indices, share of seeds)``, by share descending, then
-        by class indices.
-    """
-    groupings = _check_groupings(groupings)
-    if not 0.0 <= min_share <= 1.0:
-        raise ValueError(f"min_share must lie in [0, 1], got {min_share}")
-    appearances = Counter(
-        group for grouping in groupings for group in canonical_partition(grouping)
-    )
-    ranked = sorted(
-        ((tuple(sorted(group)), count / len(groupings)) for group, count in appearances.items()),
-        key=lambda item: (-item[1], item[0]),
-    )
-    return [(group, share) for group, share in ranked if share >= min_share]
+def write_plots(folder: Path, labels: ClassLabels, seed0: ReclusterResult, co_assigned: pd.DataFrame,
+                config: ReclusterConfig) -> None:
+    """Seed 0's class x cluster shares and the co-assignment, both with the classes in group order."""
+    order = np.lexsort((np.arange(len(seed0.groups)), seed0.groups))
+    shares = membership(class_cluster_table(np.searchsorted(seed0.class_ids, labels.classes), labels.clusterings[0],
+                                            len(seed0.class_ids), config.k))
+    rows = [f"{co_assigned.index[row]} (group {seed0.groups[row]})" for row in order]
+    plots.heatmap(shares[order], rows, list(range(config.k)), folder / "membership.png", xlabel="cluster",
+                  title=f"share of each class in each cluster (k={config.k}, seed 0)")
+    plots.heatmap(co_assigned.to_numpy()[np.ix_(order, order)], rows, list(co_assigned.index[order]),
+                  folder / "co_assignment.png",
+                  title=f"share of seeds in which two classes share a group ({config.method}, k_re={config.k_re})")

@@ -19,9 +19,21 @@ import torch
 
 from pipelines import plots
 from pipelines.model import load_model
+from pipelines.feature_table import read_features
+from pipelines.rundir import (
+    CLUSTERS_FILE,
+    GROUPS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    REPRESENTATION_FILE,
+    STAGES_FILE,
+    SUMMARY_FILE,
+    read_labels,
+    read_metrics,
+    stage_dir,
+)
 from pipelines.storage import write_text_atomic
 
-REPORT_HTML, REPORT_MD = "report.html", "report.md"
 
 
 @dataclass
@@ -123,7 +135,7 @@ def render_markdown(title: str, sections: list[Section], report_dir: Path) -> st
 
 
 def write_report(run_dir: Path, title: str, sections: list[Section]) -> Path:
-    report_dir = run_dir / "report"
+    report_dir = stage_dir(run_dir, "report")
     report_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(report_dir / REPORT_MD, render_markdown(title, sections, report_dir))
     write_text_atomic(report_dir / REPORT_HTML, render_html(title, sections))
@@ -171,7 +183,7 @@ def run_section(run_dir: Path, config, stage_times: dict) -> Section:
 
 def data_section(run_dir: Path, features) -> Section:
     metadata = features.metadata
-    history = read_metrics_safe(run_dir / "train")
+    history = read_metrics(stage_dir(run_dir, "train"))
     counts = pd.Series(features.labels[features.labels >= 0]).value_counts().sort_index()
     classes = pd.DataFrame(
         {"class": [features.class_names[i] for i in counts.index], "images": counts.values}
@@ -187,15 +199,9 @@ def data_section(run_dir: Path, features) -> Section:
     return Section("Data", paragraphs, [("Images per class (encoded split)", classes)] if len(classes) else [])
 
 
-def read_metrics_safe(train_dir: Path) -> list[dict]:
-    from pipelines.training import read_metrics
-
-    return read_metrics(train_dir)
-
-
 def training_section(run_dir: Path) -> Section:
-    train_dir = run_dir / "train"
-    history = read_metrics_safe(train_dir)
+    train_dir = stage_dir(run_dir, "train")
+    history = read_metrics(train_dir)
     last = history[-1]
     metrics = pd.DataFrame(history)[[c for c in ("epoch", "train_loss", "test_loss", "test_accuracy", "images_per_s")
                                      if c in history[0] and any(row.get(c) is not None for row in history)]]
@@ -210,20 +216,20 @@ def training_section(run_dir: Path) -> Section:
 
 
 def stability_section(run_dir: Path, config) -> Section:
-    folder = run_dir / "stability"
-    summary = pd.read_csv(folder / "summary.csv")
+    folder = stage_dir(run_dir, "stability")
+    summary = pd.read_csv(folder / SUMMARY_FILE)
     tables = [("Stability and agreement with the classes per k", summary)]
-    if (folder / "clusters.csv").exists():
-        tables.append(("Per-cluster bootstrap Jaccard (Hennig's verdicts)", pd.read_csv(folder / "clusters.csv")))
+    if (folder / CLUSTERS_FILE).exists():
+        tables.append(("Per-cluster bootstrap Jaccard (Hennig's verdicts)", pd.read_csv(folder / CLUSTERS_FILE)))
     stability = config.stability
     paragraphs = [
         f"Clusterer {stability.clusterer} on the features after transform {stability.transform}. "
         "Pairwise ARI/AMI/Hungarian agreement between clusterer seeds, bootstrap Jaccard per cluster "
         "(≤ 0.5 dissolved, < 0.6 not to trust, 0.6–0.75 doubtful, ≥ 0.75 stable, ≥ 0.85 highly stable), "
         "80% subsample ARI, and ACC/NMI/ARI against the classes when labels exist."]
-    if (folder / "representation.csv").exists():
+    if (folder / REPRESENTATION_FILE).exists():
         tables.append(("Representation stability: agreement with the partitions of other autoencoders "
-                       f"({stability.compare_runs})", pd.read_csv(folder / "representation.csv")))
+                       f"({stability.compare_runs})", pd.read_csv(folder / REPRESENTATION_FILE)))
         paragraphs.append("Representation stability compares this run's partitions with those of autoencoders "
                           "trained with other seeds, point by point: high agreement says the features, not one "
                           "training run's draw, carry the clusters.")
@@ -236,8 +242,8 @@ def stability_section(run_dir: Path, config) -> Section:
 
 
 def recluster_section(run_dir: Path) -> Section:
-    folder = run_dir / "recluster"
-    groups = json.loads((folder / "groups.json").read_text())
+    folder = stage_dir(run_dir, "recluster")
+    groups = json.loads((folder / GROUPS_FILE).read_text())
     paragraphs = [f"Method {groups.get('method')}, k = {groups.get('k')}, k_re = {groups.get('k_re')}, "
                   f"over {groups.get('n_seeds')} clusterer seeds."]
     rows = [(", ".join(group.get("classes", [])), group.get("share")) for group in groups.get("groups", [])]
@@ -248,11 +254,10 @@ def recluster_section(run_dir: Path) -> Section:
 
 
 def prototype_section(run_dir: Path, config, features) -> Section:
-    from pipelines.clustering import read_labels
     from pipelines.data import load_images
 
     ks = prototype_ks(config, features)
-    labels_by_k = {k: read_labels(run_dir / "stability", k)[1][0] for k in ks}
+    labels_by_k = {k: read_labels(stage_dir(run_dir, "stability"), k)[1][0] for k in ks}
     wanted = set()
     for k, labels in labels_by_k.items():
         _, nearest = cluster_prototypes(features.X, labels, config.report.nearest)
@@ -264,8 +269,8 @@ def prototype_section(run_dir: Path, config, features) -> Section:
     images_by_id = {int(row["id"]): scale_images(torch.from_numpy(np.array(row["image"]))[None])[0].numpy() for row in rows}
     figures = [
         (f"k = {k}: the decoder renders each KMeans centroid (left) beside the {config.report.nearest} real images nearest to it",
-         prototype_figure(run_dir, run_dir / "train", features, labels_by_k[k], images_by_id, k,
-                          run_dir / "report" / f"prototypes_k{k:02d}.png"))
+         prototype_figure(run_dir, stage_dir(run_dir, "train"), features, labels_by_k[k], images_by_id, k,
+                          stage_dir(run_dir, "report") / f"prototypes_k{k:02d}.png"))
         for k in ks
     ]
     return Section("Decoded cluster prototypes",
@@ -286,13 +291,11 @@ def prototype_ks(config, features) -> list[int]:
 
 def build_report(run_dir: Path, config) -> Path:
     """Assemble report.html and report.md from a finished run directory."""
-    from pipelines.features import read_features
-
-    features = read_features(run_dir / "features")
-    stage_times = read_json(run_dir / "stages.json")
+    features = read_features(stage_dir(run_dir, "extract"))
+    stage_times = read_json(run_dir / STAGES_FILE)
     sections = [run_section(run_dir, config, stage_times), data_section(run_dir, features), training_section(run_dir),
                 stability_section(run_dir, config)]
-    if (run_dir / "recluster" / "groups.json").exists():
+    if (stage_dir(run_dir, "recluster") / GROUPS_FILE).exists():
         sections.append(recluster_section(run_dir))
     sections.append(prototype_section(run_dir, config, features))
     title = f"featurelens report: {features.metadata.get('dataset', run_dir.name)}"

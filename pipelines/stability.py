@@ -1,571 +1,368 @@
-"""Agreement and stability measures for clusterings.
+"""The stability stage: a sweep of KMeans (or a Gaussian mixture) over k x seeds with Ray Tune.
 
-Small pure functions over label arrays. Two questions are answered here:
+One Tune trial per k runs :func:`pipelines.sweep_scores.evaluate_k` (every seed of that k, the
+resamples of its seed-0 clustering, and their scores) and writes that k's folder: one k is the
+piece a rerun resumes from. A fit takes about a second on 10,000 x 512 points; a trial per
+(k, seed) would pay Tune's per-trial bookkeeping ten times as often for no more parallelism.
 
-* Do two labelings of the same points agree? ``PARTITION_AGREEMENT`` compares two
-  clusterings (for example two KMeans seeds); ``CLASS_AGREEMENT`` compares a
-  clustering with known classes.
-* Is each cluster of a reference clustering real, i.e. does it survive when the
-  points are resampled? Hennig's clusterboot Jaccard (:func:`cluster_jaccard`,
-  :func:`bootstrap_jaccard`, :func:`jaccard_verdict`).
+A feature transform (``StabilityConfig.transform``: standardize, l2, pca, umap; see
+``pipelines.transforms``) is fitted once on the driver before the trials start; every fit and
+resample clusters the transformed points, which go to the object store once. The resamples
+therefore measure the clusterer's stability on a fixed embedding; whether the features
+themselves recur is the representation-stability question (``compare_runs``).
 
-No clusterer is fitted here: callers fit on ``X[indices]`` and pass the labels
-back, or hand a ``fit_predict`` callable to :func:`resample_stability`.
+Output folder (paths and readers in ``pipelines.rundir``)::
+
+    OUT/per_k/k=05/             one finished k: labels.npy [seeds, n] int32, result.json (its scores,
+                                the table's fingerprint and the settings); a rerun computes only
+                                the k missing here, and refuses results of another table or settings
+    OUT/ids.npy                 the ids of the points, in the order of every labels.npy
+    OUT/runs.csv                one row per (k, seed): inertia, silhouette, acc, nmi, ari (vs classes)
+    OUT/clusters.csv            one row per (k, cluster of seed 0): size, Jaccard, Hennig's verdict
+    OUT/contingency/k=05.csv    class x cluster counts of seed 0 (tables with labels)
+    OUT/plots/*.png             stability vs k, per-cluster Jaccard, class x cluster heatmap
+    OUT/sweep.json              what was swept; the re-clustering job reads it
+    OUT/transformed.npy         the transformed points (with a transform); a rerun reuses them
+    OUT/representation.csv      with compare_runs: per k, agreement with the other autoencoders' sweeps
+    OUT/summary.csv             one row per k (see ``summary_row``); written last, it marks a finished sweep
+
+The trials write OUT/per_k themselves, so on a cluster of several machines OUT must be storage
+that every node sees (as Tune's own storage path must be).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import (
-    adjusted_mutual_info_score,
-    adjusted_rand_score,
-    normalized_mutual_info_score,
+import pandas as pd
+from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
+
+from pipelines.config import StabilityConfig, parse_transform
+from pipelines.errors import OutputExistsError
+from pipelines.measures import cross_model_agreement
+from pipelines.rundir import (
+    CLUSTERS_FILE,
+    IDS_FILE,
+    MANIFEST,
+    PER_K,
+    REPRESENTATION_FILE,
+    RUNS_FILE,
+    SUMMARY_FILE,
+    TRANSFORMED,
+    k_dir,
+    read_labels,
+    read_manifest,
+)
+from pipelines.storage import atomic_output, write_json_atomic
+from pipelines.sweep_scores import (
+    KResult,
+    SweepData,
+    clusters_table,
+    contingency_table,
+    evaluate_k,
+    runs_table,
+    summary_row,
+    transform_points,
 )
 
-Measure = Callable[[ArrayLike, ArrayLike], float]
+log = logging.getLogger("featurelens.stability")
+
+# What a per-k result depends on besides the table; the k range and the resources do not matter.
+TRANSFORM_SETTINGS = ("transform", "pca_components", "umap_components", "umap_neighbors", "umap_min_dist",
+                      "transform_seed")
+RESULT_SETTINGS = ("seeds", "resamples", "subsample_fraction", "silhouette_sample", "clusterer", "gmm_covariance",
+                   *TRANSFORM_SETTINGS)
 
 
-def check_labels(labels: ArrayLike, name: str, n_ids: int | None = None) -> NDArray[np.int64]:
-    """Validate one labeling and return it as an int64 array.
-
-    Parameters
-    ----------
-    labels : array-like of shape (n_points,)
-        Integer ids (cluster, class or point ids). Floats are accepted only when
-        every value is a finite whole number.
-    name : str
-        Argument name used in error messages.
-    n_ids : int, optional
-        When given, every id must lie in ``[0, n_ids)``.
-
-    Returns
-    -------
-    labels : ndarray of shape (n_points,), dtype int64
-
-    Raises
-    ------
-    ValueError
-        If ``labels`` is not 1-D, is empty, holds NaN/inf, non-integer values or
-        a non-numeric dtype, or (with ``n_ids``) an id out of range.
-    """
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty")
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name} contains NaN or inf")
-        if not (array == np.trunc(array)).all():
-            raise ValueError(f"{name} must hold integer ids, got non-integer floats")
-    elif array.dtype.kind not in "biu":
-        raise ValueError(f"{name} must hold integer ids, got dtype {array.dtype}")
-    ids = array.astype(np.int64)
-    if n_ids is not None and (ids.min() < 0 or ids.max() >= n_ids):
-        raise ValueError(
-            f"{name} must lie in [0, {n_ids}), got values in [{ids.min()}, {ids.max()}]"
-        )
-    return ids
+# --- what is clustered ------------------------------------------------------------------------
 
 
-def check_label_pair(
-    labels_a: ArrayLike,
-    labels_b: ArrayLike,
-    names: tuple[str, str] = ("labels_a", "labels_b"),
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Validate two labelings of the same points (see :func:`check_labels`).
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-    names : tuple of str
-        Argument names used in error messages.
-
-    Returns
-    -------
-    labels_a, labels_b : ndarray of shape (n_points,), dtype int64
-    """
-    a = check_labels(labels_a, names[0])
-    b = check_labels(labels_b, names[1])
-    if a.size != b.size:
-        raise ValueError(f"{names[0]} and {names[1]} differ in length: {a.size} != {b.size}")
-    return a, b
+def check_k_fits(config: StabilityConfig, n_points: int) -> None:
+    """Every k must leave a point per cluster, in the whole table and in a subsample."""
+    k_max = max(config.k_values)
+    if k_max > n_points:
+        raise ValueError(f"k={k_max} is more than the {n_points} rows of the feature table")
+    subsample_size = round(config.subsample_fraction * n_points)
+    if config.resamples and k_max > subsample_size:
+        raise ValueError(f"k={k_max} is more than the {subsample_size} points of a subsample "
+                         f"(subsample_fraction={config.subsample_fraction} of {n_points} rows)")
 
 
-def contingency(
-    labels_a: ArrayLike, labels_b: ArrayLike
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """Count the points shared by every pair of clusters.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    counts : ndarray of shape (n_ids_a, n_ids_b), dtype int64
-        ``counts[i, j]`` is the number of points with ``labels_a == ids_a[i]``
-        and ``labels_b == ids_b[j]``.
-    ids_a, ids_b : ndarray
-        Sorted distinct ids of each labeling (row and column order of ``counts``).
-    """
-    a, b = check_label_pair(labels_a, labels_b)
-    ids_a, rows = np.unique(a, return_inverse=True)
-    ids_b, cols = np.unique(b, return_inverse=True)
-    cells = np.bincount(rows * ids_b.size + cols, minlength=ids_a.size * ids_b.size)
-    return cells.reshape(ids_a.size, ids_b.size).astype(np.int64), ids_a, ids_b
+# --- the transformed points ---------------------------------------------------------------------
 
 
-def adjusted_rand_index(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
-    """Adjusted Rand index: pair-counting agreement, 0 at chance, 1 when identical.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    float
-    """
-    return float(adjusted_rand_score(*check_label_pair(labels_a, labels_b)))
-
-
-def adjusted_mutual_information(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
-    """Adjusted mutual information: 0 at chance, 1 when identical.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    float
-    """
-    return float(adjusted_mutual_info_score(*check_label_pair(labels_a, labels_b)))
+def transformed_points(plan: SweepPlan) -> NDArray[np.float32]:
+    """The points the trials cluster: transformed once, kept in OUT for a rerun of the same
+    table and transform (UMAP of 70,000 points takes minutes)."""
+    if not parse_transform(plan.config.transform):
+        return plan.data.X
+    identity = {"fingerprint": plan.data.fingerprint,
+                "transform": {name: getattr(plan.config, name) for name in TRANSFORM_SETTINGS}}
+    cached, record = plan.out / TRANSFORMED, plan.out / f"{TRANSFORMED}.json"
+    if cached.is_file() and record.is_file() and json.loads(record.read_text()) == identity:
+        log.info("stability: reusing the transformed points in %s", cached)
+        return np.load(cached)
+    started = time.perf_counter()
+    points = transform_points(plan.data.X, plan.config)
+    log.info("stability: transform %s fitted on %d x %d points in %.1f s -> %d dimensions", plan.config.transform,
+             *plan.data.X.shape, time.perf_counter() - started, points.shape[1])
+    save_npy(cached, points)
+    write_json_atomic(record, identity)
+    return points
 
 
-def normalized_mutual_information(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
-    """Normalised mutual information (arithmetic mean of the entropies).
-
-    Not chance-corrected; kept because it is the customary companion of ACC.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    float
-    """
-    return float(normalized_mutual_info_score(*check_label_pair(labels_a, labels_b)))
+# --- per-k result files: what makes a sweep resumable -------------------------------------------
 
 
-def hungarian_agreement(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
-    """Share of points that agree after the best one-to-one matching of cluster ids.
-
-    Cluster ids are matched by maximum-weight assignment on the contingency
-    matrix. With different numbers of clusters the surplus clusters stay
-    unmatched and their points count as disagreeing.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    float
-        In ``[0, 1]``. Its chance level is not 0: for two independent partitions
-        into ``k`` equal clusters it is at least ``1 / k``.
-    """
-    counts, _, _ = contingency(labels_a, labels_b)
-    rows, cols = linear_sum_assignment(counts, maximize=True)
-    return float(counts[rows, cols].sum() / counts.sum())
+def result_identity(data: SweepData, config: StabilityConfig) -> dict:
+    return {"fingerprint": data.fingerprint, "n_points": len(data.X),
+            "settings": {name: getattr(config, name) for name in RESULT_SETTINGS}}
 
 
-def clustering_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Clustering accuracy (ACC): :func:`hungarian_agreement` against known classes.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_points,)
-        Class labels.
-    y_pred : array-like of shape (n_points,)
-        Cluster labels.
-
-    Returns
-    -------
-    float
-    """
-    return hungarian_agreement(*check_label_pair(y_true, y_pred, ("y_true", "y_pred")))
+def save_k_result(out: Path, result: KResult, identity: dict) -> None:
+    # overwrite: a trial that Ray retries after its rename has nothing else to do.
+    with atomic_output(k_dir(out, result.k), folder=True) as folder:
+        np.save(folder / "labels.npy", result.labels)  # a fresh folder: nothing to make atomic
+        write_json_atomic(folder / "result.json", {"identity": identity, "result": result.scores()})
 
 
-# Agreement between two clusterings of the same points: symmetric, 1 for
-# identical partitions whatever the ids.
-PARTITION_AGREEMENT: dict[str, Measure] = {
-    "ari": adjusted_rand_index,
-    "ami": adjusted_mutual_information,
-    "hungarian": hungarian_agreement,
-}
-
-# Agreement of a clustering with known classes, as reported in the literature.
-CLASS_AGREEMENT: dict[str, Measure] = {
-    "acc": clustering_accuracy,
-    "nmi": normalized_mutual_information,
-    "ari": adjusted_rand_index,
-}
+def load_k_result(out: Path, k: int) -> KResult:
+    folder = k_dir(out, k)
+    scores = json.loads((folder / "result.json").read_text())["result"]
+    return KResult(labels=np.load(folder / "labels.npy"), **scores)
 
 
-def class_agreement(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
-    """Every measure of ``CLASS_AGREEMENT`` between classes and clusters.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_points,)
-        Class labels.
-    y_pred : array-like of shape (n_points,)
-        Cluster labels.
-
-    Returns
-    -------
-    dict
-        ``{"acc": float, "nmi": float, "ari": float}``.
-    """
-    y_true, y_pred = check_label_pair(y_true, y_pred, ("y_true", "y_pred"))
-    return {name: measure(y_true, y_pred) for name, measure in CLASS_AGREEMENT.items()}
+def finished_ks(out: Path, identity: dict) -> list[int]:
+    """The k already in ``out``; refuses results of another table or other settings."""
+    finished = []
+    for result_file in sorted((out / PER_K).glob("k=*/result.json")):
+        recorded = json.loads(result_file.read_text())
+        mismatch = identity_mismatch(recorded["identity"], identity)
+        if mismatch:
+            raise OutputExistsError(f"{result_file.parent} holds results {mismatch}; "
+                                    f"pass --overwrite to replace the results in {out}")
+        finished.append(recorded["result"]["k"])
+    return finished
 
 
-def pairwise_seed_agreement(labelings: ArrayLike, measure: str = "ari") -> dict[str, float | int]:
-    """Agreement between every pair of seeds' labelings of the same points.
-
-    On large ``n`` this mostly measures the clusterer's initialisation; see
-    :func:`resample_stability` for stability under resampling of the points.
-
-    Parameters
-    ----------
-    labelings : array-like of shape (n_seeds, n_points)
-        One labeling per seed, ``n_seeds >= 2``.
-    measure : str
-        A key of ``PARTITION_AGREEMENT``.
-
-    Returns
-    -------
-    dict
-        ``mean`` and ``std`` (population, ddof=0) of the measure over the
-        ``n_pairs = n_seeds * (n_seeds - 1) / 2`` seed pairs.
-    """
-    if measure not in PARTITION_AGREEMENT:
-        raise ValueError(
-            f"unknown measure {measure!r}; choose one of {sorted(PARTITION_AGREEMENT)}"
-        )
-    labelings = np.asarray(labelings)
-    if labelings.ndim != 2 or labelings.shape[0] < 2:
-        raise ValueError(
-            f"labelings must have shape (n_seeds >= 2, n_points), got {labelings.shape}"
-        )
-    score = PARTITION_AGREEMENT[measure]
-    scores = np.array([score(a, b) for a, b in itertools.combinations(labelings, 2)])
-    return {"mean": float(scores.mean()), "std": float(scores.std()), "n_pairs": int(scores.size)}
+def identity_mismatch(recorded: dict, current: dict) -> str:
+    """Why results recorded under ``recorded`` do not belong to this sweep ('' when they do)."""
+    if (recorded["fingerprint"], recorded["n_points"]) != (current["fingerprint"], current["n_points"]):
+        return (f"of another feature table ({recorded['n_points']} rows, fingerprint {recorded['fingerprint']}; "
+                f"this one: {current['n_points']} rows, {current['fingerprint']})")
+    changed = [f"{name}={value} (now {current['settings'][name]})"
+               for name, value in recorded["settings"].items() if current["settings"][name] != value]
+    return f"computed with other settings: {', '.join(changed)}" if changed else ""
 
 
-def pairwise_seed_agreement_all(labelings: ArrayLike) -> dict[str, dict[str, float | int]]:
-    """:func:`pairwise_seed_agreement` for every measure of ``PARTITION_AGREEMENT``.
-
-    Parameters
-    ----------
-    labelings : array-like of shape (n_seeds, n_points)
-
-    Returns
-    -------
-    dict
-        Measure name -> ``{"mean", "std", "n_pairs"}``.
-    """
-    return {name: pairwise_seed_agreement(labelings, name) for name in PARTITION_AGREEMENT}
+# --- the sweep ----------------------------------------------------------------------------------
 
 
-def cross_model_agreement(labelings_by_model: Sequence[ArrayLike], measure: str = "ari") -> dict[str, float | int]:
-    """Agreement between partitions of the same points made from different models' features.
+@dataclass(frozen=True, eq=False)
+class SweepPlan:
+    """What a run will do: the k to compute, and the k a previous run already finished."""
 
-    Each model (an autoencoder trained with its own seed) gives one labeling per clusterer seed.
-    Every pair of labelings from two *different* models is scored; pairs within a model are
-    :func:`pairwise_seed_agreement`'s. High agreement says the features, not the draw of one
-    training run, carry the clusters.
-
-    Parameters
-    ----------
-    labelings_by_model : sequence of array-like of shape (n_seeds, n_points)
-        At least two models; the seed counts may differ, the points may not.
-    measure : str
-        A key of ``PARTITION_AGREEMENT``.
-
-    Returns
-    -------
-    dict
-        ``mean``, ``std`` (ddof=0) and ``min`` over the cross-model pairs, ``n_pairs``, ``n_models``.
-    """
-    if measure not in PARTITION_AGREEMENT:
-        raise ValueError(f"unknown measure {measure!r}; choose one of {sorted(PARTITION_AGREEMENT)}")
-    models = [np.atleast_2d(np.asarray(labelings)) for labelings in labelings_by_model]
-    if len(models) < 2:
-        raise ValueError(f"cross-model agreement needs at least 2 models, got {len(models)}")
-    n_points = {labelings.shape[1] for labelings in models}
-    if len(n_points) != 1 or any(labelings.ndim != 2 for labelings in models):
-        raise ValueError(f"every model's labelings must be (n_seeds, n_points) over the same points, got shapes "
-                         f"{[labelings.shape for labelings in models]}")
-    score = PARTITION_AGREEMENT[measure]
-    scores = np.array([score(a, b) for model_a, model_b in itertools.combinations(models, 2)
-                       for a in model_a for b in model_b])
-    return {"mean": float(scores.mean()), "std": float(scores.std()), "min": float(scores.min()),
-            "n_pairs": int(scores.size), "n_models": len(models)}
+    data: SweepData
+    config: StabilityConfig
+    out: Path
+    todo: list[int]
+    done: list[int]
+    overwrite: bool
 
 
-def _distinct_resample(
-    n_points: int, resample_indices: ArrayLike, resample_labels: ArrayLike
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Distinct resampled points and their labels.
+@dataclass(frozen=True, eq=False)
+class SweepOutcome:
+    computed: list[int]
+    skipped: list[int]
+    summary: pd.DataFrame = field(repr=False)
+    out: Path
 
-    A bootstrap resample repeats points; each point counts once, with the label
-    the clusterer gave its first occurrence.
-    """
-    indices, labels = check_label_pair(
-        resample_indices, resample_labels, ("resample_indices", "resample_labels")
+    def line(self) -> str:
+        ks, seed_ari = self.summary["k"], self.summary["ari_mean"]
+        text = (f"k={ks.iloc[0]}..{ks.iloc[-1]} in {self.out}: "
+                f"computed {len(self.computed)} k, reused {len(self.skipped)}")
+        return text + (f"; most stable across seeds: k={ks[seed_ari.idxmax()]}" if seed_ari.notna().any() else "")
+
+
+def plan_sweep(data: SweepData, config: StabilityConfig, out: str | Path, overwrite: bool = False) -> SweepPlan:
+    """Check the input and the output folder (before Ray starts), and find the k left to compute."""
+    out = Path(out).resolve()  # the trials run in other working directories
+    check_k_fits(config, len(data.X))
+    for folder in compared_runs(config):
+        missing = sorted(set(config.k_values) - set(read_manifest(folder)["k"]))
+        if missing:
+            raise ValueError(f"compare_runs: {folder} has no sweep of k={','.join(map(str, missing))}")
+    done = [] if overwrite else sorted(set(finished_ks(out, result_identity(data, config))) & set(config.k_values))
+    todo = [k for k in config.k_values if k not in done]
+    return SweepPlan(data, config, out, todo, done, overwrite)
+
+
+def run_sweep(plan: SweepPlan) -> SweepOutcome:
+    """Compute the missing k with Ray Tune (Ray must be up), then write every summary of the sweep."""
+    if plan.overwrite:
+        shutil.rmtree(plan.out / PER_K, ignore_errors=True)
+    if plan.done:
+        log.info("stability: %d of %d k already in %s (k=%s); computing %s", len(plan.done),
+                 len(plan.config.k_values), plan.out, ",".join(map(str, plan.done)), plan.todo or "none")
+    if plan.todo:
+        run_trials(plan, transformed_points(plan))
+    results = [load_k_result(plan.out, k) for k in plan.config.k_values]
+    summary = write_outputs(plan.out, plan.data, plan.config, results)
+    return SweepOutcome(plan.todo, plan.done, summary, plan.out)
+
+
+def run_stability(data: SweepData, config: StabilityConfig, out: str | Path, overwrite: bool = False) -> SweepOutcome:
+    return run_sweep(plan_sweep(data, config, out, overwrite))
+
+
+def tune_trial(trial: dict, *, X: np.ndarray, classes: np.ndarray | None, config: StabilityConfig,
+               out: str, identity: dict, threads: int) -> None:
+    """One k in a Tune trial; X and the classes come from the object store, shared by all trials."""
+    from ray import tune
+
+    # sklearn's OpenMP and BLAS pools would otherwise each take every core of the machine.
+    with threadpool_limits(limits=threads):
+        result = evaluate_k(X, trial["k"], config, classes)
+    save_k_result(Path(out), result, identity)
+    tune.report(summary_row(result))
+
+
+def run_trials(plan: SweepPlan, points: NDArray[np.float32]) -> None:
+    from ray import tune
+
+    from pipelines.runtime import cluster_cpus
+
+    cpus = trial_cpus(plan.config.cpus_per_trial, cluster_cpus(), len(plan.todo))
+    trainable = tune.with_parameters(
+        tune_trial, X=points, classes=plan.data.classes, config=plan.config, out=str(plan.out),
+        identity=result_identity(plan.data, plan.config), threads=max(1, int(cpus)))
+    tune_dir = plan.out / ".tmp" / "tune"  # Tune's own records; ours are per_k
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # else Tune prints its banner even at verbose=0
+    shutil.rmtree(tune_dir, ignore_errors=True)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": cpus}),
+        # Largest k first: they take longest, and the small ones then fill the gaps at the end.
+        param_space={"k": tune.grid_search(sorted(plan.todo, reverse=True))},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(name="sweep", storage_path=str(tune_dir.resolve()), verbose=0,
+                                  callbacks=[progress_log(len(plan.todo))]),
     )
-    check_labels(indices, "resample_indices", n_ids=n_points)
-    points, first = np.unique(indices, return_index=True)
-    return points, labels[first]
+    log.info("stability: %d Tune trial(s) (one per k) with %g CPU(s) each", len(plan.todo), cpus)
+    results = tuner.fit()
+    failed = [result for result in results if result.error is not None]
+    if failed:
+        from pipelines.cli import root_cause
+
+        raise RuntimeError(f"the trial of k={failed[0].config['k']} failed: {root_cause(failed[0].error)}")
+    shutil.rmtree(tune_dir.parent, ignore_errors=True)
 
 
-def _best_jaccard(
-    reference: NDArray[np.int64], points: NDArray[np.int64], labels: NDArray[np.int64]
-) -> NDArray[np.float64]:
-    """Each reference cluster's best Jaccard with a resample cluster, on ``points``."""
-    cluster_ids = np.unique(reference)
-    counts, present_ids, _ = contingency(reference[points], labels)
-    union = counts.sum(axis=1, keepdims=True) + counts.sum(axis=0, keepdims=True) - counts
-    best = np.full(cluster_ids.size, np.nan)
-    best[np.searchsorted(cluster_ids, present_ids)] = (counts / union).max(axis=1)
-    return best
+def progress_log(n_trials: int):
+    """A Tune callback logging each finished k on the driver (Ray folds alike lines that trials print)."""
+    from ray import tune
+
+    class LogFinishedK(tune.Callback):
+        def __init__(self) -> None:
+            self.finished = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self.finished += 1
+            log.info("stability: k=%d done in %.1f s (%d of %d)", result["k"], result["seconds"], self.finished,
+                     n_trials)
+
+    return LogFinishedK()
 
 
-def cluster_jaccard(
-    reference_labels: ArrayLike, resample_indices: ArrayLike, resample_labels: ArrayLike
-) -> NDArray[np.float64]:
-    """Per-cluster Jaccard stability for one resample (Hennig's clusterboot).
-
-    Each reference cluster, restricted to the distinct resampled points, is
-    compared with every cluster the clusterer found on the resample; its score
-    is the best Jaccard similarity ``|A & B| / |A | B|``.
-
-    Parameters
-    ----------
-    reference_labels : array-like of shape (n_points,)
-        Clustering of all points.
-    resample_indices : array-like of shape (n_resampled,)
-        Indices into the original points; may repeat (bootstrap).
-    resample_labels : array-like of shape (n_resampled,)
-        Labels the clusterer gave ``X[resample_indices]``.
-
-    Returns
-    -------
-    ndarray of shape (k,)
-        One value per reference cluster, in the order of
-        ``np.unique(reference_labels)``; NaN for a cluster with no point in the
-        resample.
-    """
-    reference = check_labels(reference_labels, "reference_labels")
-    points, labels = _distinct_resample(reference.size, resample_indices, resample_labels)
-    return _best_jaccard(reference, points, labels)
+def trial_cpus(requested: float | None, available: float, n_trials: int) -> float:
+    """The CPUs of one trial: as asked, else the cluster's shared out over the trials (at least 1)."""
+    if requested is not None:
+        if requested > available:
+            raise ValueError(f"cpus_per_trial={requested} is more than the cluster's {available:g} CPUs")
+        return requested
+    return float(max(1, int(available // n_trials)))
 
 
-def bootstrap_jaccard(
-    reference_labels: ArrayLike, resamples: Sequence[tuple[ArrayLike, ArrayLike]]
-) -> NDArray[np.float64]:
-    """:func:`cluster_jaccard` for many resamples (bootstrap or subsample alike).
-
-    Parameters
-    ----------
-    reference_labels : array-like of shape (n_points,)
-    resamples : sequence of (indices, labels)
-        One pair per resample, as for :func:`cluster_jaccard`.
-
-    Returns
-    -------
-    ndarray of shape (n_resamples, k)
-    """
-    if len(resamples) == 0:
-        raise ValueError("resamples is empty")
-    return np.vstack(
-        [cluster_jaccard(reference_labels, indices, labels) for indices, labels in resamples]
-    )
+# --- tables and figures -------------------------------------------------------------------------
 
 
-def mean_jaccard_per_cluster(jaccard: ArrayLike) -> NDArray[np.float64]:
-    """Mean Jaccard of each cluster over the resamples in which it was present.
+def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: list[KResult]) -> pd.DataFrame:
+    """Every summary of the sweep, each file atomically; returns the per-k summary."""
+    from pipelines import plots  # here: the trials, which import this module, need no matplotlib
 
-    Parameters
-    ----------
-    jaccard : array-like of shape (n_resamples, k)
-        As returned by :func:`bootstrap_jaccard`; NaN marks an absent cluster.
-
-    Returns
-    -------
-    ndarray of shape (k,)
-        NaN for a cluster absent from every resample.
-    """
-    jaccard = np.asarray(jaccard, dtype=float)
-    present = ~np.isnan(jaccard)
-    n_present = present.sum(axis=0)
-    total = np.where(present, jaccard, 0.0).sum(axis=0)
-    return np.divide(total, n_present, out=np.full(total.shape, np.nan), where=n_present > 0)
-
-
-def jaccard_verdict(mean_jaccard: float) -> str:
-    """Hennig's reading of a cluster's mean resampling Jaccard.
-
-    Parameters
-    ----------
-    mean_jaccard : float
-        In ``[0, 1]``.
-
-    Returns
-    -------
-    str
-        ``"dissolved"`` (<= 0.5), ``"not to trust"`` (0.5 < j < 0.6),
-        ``"doubtful"`` (0.6 <= j < 0.75), ``"stable"`` (0.75 <= j < 0.85) or
-        ``"highly stable"`` (>= 0.85).
-    """
-    if not 0.0 <= mean_jaccard <= 1.0:  # also refuses NaN
-        raise ValueError(f"mean_jaccard must lie in [0, 1], got {mean_jaccard}")
-    if mean_jaccard <= 0.5:
-        return "dissolved"
-    if mean_jaccard < 0.6:
-        return "not to trust"
-    if mean_jaccard < 0.75:
-        return "doubtful"
-    if mean_jaccard < 0.85:
-        return "stable"
-    return "highly stable"
+    summary = pd.DataFrame([summary_row(result) for result in results])
+    clusters = clusters_table(results)
+    write_csv(runs_table(results), out / RUNS_FILE)
+    write_csv(clusters, out / CLUSTERS_FILE)
+    save_npy(out / IDS_FILE, data.ids)
+    if data.classes is not None:
+        with atomic_output(out / "contingency", folder=True) as folder:
+            for result in results:
+                contingency_table(data, result).to_csv(folder / f"k={result.k:02d}.csv")
+    with atomic_output(out / "plots", folder=True) as folder:
+        plots.stability_vs_k(summary, folder / "stability_vs_k.png")
+        plots.cluster_jaccard(clusters, folder / "cluster_jaccard.png")
+        if data.classes is not None:
+            k = heatmap_k(config, len(data.class_names))
+            counts = contingency_table(data, next(result for result in results if result.k == k))
+            plots.heatmap(counts.to_numpy(), list(counts.index), list(range(k)), folder / f"classes_k={k:02d}.png",
+                          title=f"points per class and cluster (k={k}, seed 0)", xlabel="cluster", fmt="d")
+    write_json_atomic(out / MANIFEST, {**result_identity(data, config), "k": config.k_values,
+                                       "features": data.source, "class_names": data.class_names})
+    if config.compare_runs:
+        write_csv(representation_table(data, config, results), out / REPRESENTATION_FILE)
+    write_csv(summary, out / SUMMARY_FILE)  # last: the summary marks a finished sweep (pipelines.rundir)
+    return summary
 
 
-def _check_resample_counts(n: int, n_resamples: int) -> None:
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+def compared_runs(config: StabilityConfig) -> list[Path]:
+    return [Path(folder.strip()).resolve() for folder in (config.compare_runs or "").split(",") if folder.strip()]
 
 
-def bootstrap_indices(n: int, n_resamples: int, seed: int) -> list[NDArray[np.int64]]:
-    """Bootstrap resamples: ``n`` indices drawn with replacement, reproducible from ``seed``.
-
-    Parameters
-    ----------
-    n : int
-        Number of points.
-    n_resamples : int
-    seed : int
-
-    Returns
-    -------
-    list of ndarray of shape (n,)
-        Sorted indices (order does not matter to the measures).
-    """
-    _check_resample_counts(n, n_resamples)
-    rng = np.random.default_rng(seed)
-    return [np.sort(rng.integers(0, n, size=n)) for _ in range(n_resamples)]
+def representation_table(data: SweepData, config: StabilityConfig, results: list[KResult]) -> pd.DataFrame:
+    """Per k: agreement (ARI, AMI) between this sweep's partitions and those of the sweeps in
+    ``compare_runs`` (autoencoders trained with other seeds), matched point by point by id."""
+    rows = []
+    for result in results:
+        models = [result.labels] + [aligned_labels(folder, result.k, data.ids) for folder in compared_runs(config)]
+        row: dict = {"k": result.k}
+        for measure in ("ari", "ami"):
+            agreement = cross_model_agreement(models, measure)
+            row.update({f"{measure}_mean": agreement["mean"], f"{measure}_std": agreement["std"],
+                        f"{measure}_min": agreement["min"]})
+        rows.append({**row, "n_models": len(models), "n_pairs": agreement["n_pairs"]})
+    return pd.DataFrame(rows)
 
 
-def subsample_indices(
-    n: int, n_resamples: int, seed: int, fraction: float = 0.8
-) -> list[NDArray[np.int64]]:
-    """Subsamples: ``round(fraction * n)`` distinct indices, reproducible from ``seed``.
-
-    Parameters
-    ----------
-    n : int
-        Number of points.
-    n_resamples : int
-    seed : int
-    fraction : float
-        Share of points kept, in ``(0, 1]``.
-
-    Returns
-    -------
-    list of ndarray of shape (round(fraction * n),)
-        Sorted indices without repeats.
-    """
-    _check_resample_counts(n, n_resamples)
-    size = round(fraction * n)
-    if not 0.0 < fraction <= 1.0 or size < 1:
-        raise ValueError(f"fraction must lie in (0, 1] and keep at least one point, got {fraction}")
-    rng = np.random.default_rng(seed)
-    return [np.sort(rng.choice(n, size=size, replace=False)) for _ in range(n_resamples)]
+def aligned_labels(stability: Path, k: int, ids: np.ndarray) -> NDArray[np.int32]:
+    """The labels [seeds, n] of another sweep's k, in the order of ``ids``; every id must be there."""
+    other_ids, labels = read_labels(stability, k)
+    position = pd.Index(other_ids).get_indexer(ids)
+    if (position < 0).any():
+        raise ValueError(f"compare_runs: {stability} lacks {(position < 0).sum()} of the {len(ids)} points "
+                         f"(ids such as {ids[position < 0][:3].tolist()}); compare sweeps of the same images")
+    return labels[:, position]
 
 
-def resample_stability(
-    X: ArrayLike,
-    fit_predict: Callable[[np.ndarray, int], ArrayLike],
-    reference_labels: ArrayLike,
-    indices_list: Sequence[ArrayLike],
-) -> dict[str, object]:
-    """Refit the clusterer on resamples of the points and score the reference clusters.
+def heatmap_k(config: StabilityConfig, n_classes: int) -> int:
+    """The k of the class x cluster heatmap: as configured, else the number of classes when swept."""
+    if config.heatmap_k is not None:
+        return config.heatmap_k
+    return n_classes if n_classes in config.k_values else min(config.k_values)
 
-    Seed-only stability (:func:`pairwise_seed_agreement`) on large ``n`` mostly
-    measures the clusterer's initialisation: every run sees the same points, so
-    runs that agree only show that the optimiser lands in the same place.
-    Resampling perturbs the data itself, which tests whether a cluster is a
-    property of the distribution rather than of this sample.
 
-    Parameters
-    ----------
-    X : array-like of shape (n_points, ...)
-        The points; rows are selected with ``X[indices]``.
-    fit_predict : callable
-        ``fit_predict(X_resample, resample_no) -> labels``; ``resample_no``
-        (0, 1, ...) lets it seed its own randomness reproducibly.
-    reference_labels : array-like of shape (n_points,)
-        Clustering of all points.
-    indices_list : sequence of array-like
-        Resample index sets, from :func:`bootstrap_indices` or
-        :func:`subsample_indices`.
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        table.to_csv(tmp, index=False)
 
-    Returns
-    -------
-    dict
-        ``cluster_ids`` (k,): sorted reference ids, the column order below;
-        ``jaccard`` (n_resamples, k): per-resample best Jaccard (NaN if absent);
-        ``mean_jaccard`` (k,): see :func:`mean_jaccard_per_cluster`;
-        ``ari_mean``, ``ari_std``: ARI between the reference labels and the
-        resample labels on the distinct resampled points (for subsamples, the
-        shared points), population std;
-        ``n_resamples``: int.
-    """
-    reference = check_labels(reference_labels, "reference_labels")
-    X = np.asarray(X)
-    if len(X) != reference.size:
-        raise ValueError(
-            f"X and reference_labels differ in length: {len(X)} != {reference.size}"
-        )
-    if len(indices_list) == 0:
-        raise ValueError("indices_list is empty")
-    jaccard, ari = [], []
-    for resample_no, resample_indices in enumerate(indices_list):
-        # Checked before indexing: negative indices would silently wrap around.
-        indices = check_labels(resample_indices, "resample_indices", n_ids=reference.size)
-        points, labels = _distinct_resample(
-            reference.size, indices, fit_predict(X[indices], resample_no)
-        )
-        jaccard.append(_best_jaccard(reference, points, labels))
-        ari.append(adjusted_rand_index(reference[points], labels))
-    jaccard = np.vstack(jaccard)
-    return {
-        "cluster_ids": np.unique(reference),
-        "jaccard": jaccard,
-        "mean_jaccard": mean_jaccard_per_cluster(jaccard),
-        "ari_mean": float(np.mean(ari)),
-        "ari_std": float(np.std(ari)),
-        "n_resamples": len(ari),
-    }
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_output(path) as tmp, tmp.open("wb") as file:  # a file object: numpy would append ".npy"
+        np.save(file, array)

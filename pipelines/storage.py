@@ -1,54 +1,63 @@
-"""Atomic outputs: a reader sees a finished output or none, never a partial one."""
+"""Atomic outputs: a reader sees a finished file or folder, or none, never a partial one.
+
+``atomic_output`` is the one primitive; every writer in featurelens goes through it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-
-class OutputExistsError(FileExistsError):
-    """The output is already there; the caller must ask for it to be replaced."""
+from pipelines.errors import OutputExistsError
 
 
 @contextlib.contextmanager
-def atomic_output_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``final``; rename it to ``final`` when the block ends.
+def atomic_output(final: str | Path, *, folder: bool = False, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``final`` (a fresh folder with ``folder``), which
+    replaces ``final`` in one rename when the block ends.
 
-    If the block raises (or the process dies), ``final`` is untouched: only a hidden
-    ``.NAME.tmp-*`` folder may stay behind, which the next run removes. An existing ``final`` is
-    refused unless ``overwrite``."""
+    If the block raises (or the process dies), ``final`` is untouched; a left-over temporary
+    folder is removed by the next write of the same folder. An existing ``final`` is refused
+    (OutputExistsError) unless ``overwrite``."""
     final = Path(final)
     if final.exists() and not overwrite:
         raise OutputExistsError(f"{final} already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    if folder:
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    if folder:
+        tmp.mkdir()
     try:
         yield tmp
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
+        replace(tmp, final)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def replace(tmp: Path, final: Path) -> None:
+    """``tmp`` becomes ``final``: one rename for a file; for a folder, the old one moves aside first
+    (a folder cannot be renamed over a non-empty one)."""
+    if not (tmp.is_dir() and final.exists()):
+        os.replace(tmp, final)
+        return
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: str | Path, value: object) -> None:

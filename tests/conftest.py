@@ -47,7 +47,7 @@ def tiny_run(ray_session, tmp_path_factory) -> Path:
     """An autoencoder trained by Ray Train (2 workers, 2 epochs) on 1,024 real Fashion-MNIST
     images: the one training run that the feature, stability and report tests share."""
     from pipelines.config import DataConfig, TrainConfig
-    from pipelines.training import train
+    from pipelines.train import train
 
     run_dir = tmp_path_factory.mktemp("tiny") / "train"
     train(DataConfig(limit=1024), TrainConfig(epochs=2, workers=2, batch_size=64), run_dir)
@@ -59,7 +59,8 @@ def tiny_features(tiny_run, tmp_path_factory) -> Path:
     """The feature table (a folder of Parquet files) of ``tiny_run``'s encoder over the first
     1,000 Fashion-MNIST test images, extracted once by Ray Data for the tests that share it."""
     from pipelines.config import DataConfig, ExtractConfig
-    from pipelines.features import extract_features
+    from pipelines.extract import extract_features
 
     out = tmp_path_factory.mktemp("tiny-features") / "features"
-    return extract_features(DataConfig(limit=1000), ExtractConfig(checkpoint=str(tiny_run), split="test"), out)
+    extract_features(DataConfig(limit=1000), ExtractConfig(checkpoint=str(tiny_run), split="test"), out)
+    return out

@@ -2,14 +2,14 @@
 same weights, bit for bit.
 
 That the same seeds give identical KMeans labels and stability tables (Tune trials vs Tune trials,
-and vs the sequential loop) is tested in test_clustering.py (test_the_same_seeds_give_the_same_results,
+and vs the sequential loop) is tested in test_stability.py (test_the_same_seeds_give_the_same_results,
 test_the_sequential_loop_does_what_the_tune_trials_do); it is not repeated here."""
 
 from __future__ import annotations
 
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.model import fingerprint, load_model
-from pipelines.training import train
+from pipelines.train import train
 
 
 def test_fixed_seed_one_worker_training_is_repeatable(ray_session, faces_dir, tmp_path):

@@ -23,7 +23,8 @@ import pytest
 
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.model import Autoencoder, load_model, save_model
-from pipelines.training import METRICS_FILE, read_metrics, train
+from pipelines.rundir import METRICS_FILE, read_metrics
+from pipelines.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.faults
@@ -166,7 +167,7 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(ray_session, tmp_p
 
 
 def test_killed_extraction_leaves_no_table_and_the_rerun_writes_each_row_once(tmp_path, ray_address):
-    from pipelines.features import read_features
+    from pipelines.feature_table import read_features
 
     work, logs = tmp_path / "work", tmp_path / "logs"
     work.mkdir()
@@ -200,7 +201,7 @@ def blob_features(path: Path, n: int = 1500, dims: int = 64, centers: int = 4) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.features import METADATA_KEY, feature_table
+    from pipelines.feature_table import METADATA_KEY, feature_table
 
     rng = np.random.default_rng(0)
     classes = rng.integers(0, centers, n)

@@ -8,7 +8,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from pipelines.config import StabilityConfig, parse_k, parse_transform
-from pipelines.stability import adjusted_rand_index, cross_model_agreement
+from pipelines.measures import adjusted_rand_index, cross_model_agreement
 from pipelines.transforms import (
     apply_transform,
     fit_clusters,

@@ -9,15 +9,15 @@ from torch import nn
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import fashion_mnist_arrays
 from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
-from pipelines.training import (
-    ResourceError,
+from pipelines.errors import ResourceError
+from pipelines.rundir import read_metrics
+from pipelines.train import (
     augment_images,
     batch_loss,
     build_optimizer,
     evaluate,
     initial_model,
     plan_resources,
-    read_metrics,
     train,
     train_epoch,
     training_network,

@@ -21,11 +21,10 @@ from torch import nn
 
 from pipelines.config import DataConfig, ExtractConfig
 from pipelines.data import FASHION_MNIST_CLASSES, DataError, fashion_mnist_arrays, to_shard_table
-from pipelines.features import (
-    METADATA_KEY, ActorPlan, extract_features, feature_schema, feature_table, plan_actors, read_features,
-)
+from pipelines.extract import ActorPlan, extract_features, plan_actors
+from pipelines.feature_table import METADATA_KEY, feature_schema, feature_table, read_features
 from pipelines.model import Autoencoder, ModelSpec, fingerprint, load_model, save_model, scale_images
-from pipelines.storage import OutputExistsError
+from pipelines.errors import OutputExistsError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ROWS = 1000
@@ -134,12 +133,13 @@ def write_image_shard(path: Path, first_id: int, size: int, rows: int = 64) -> N
 def test_image_folder_of_faces(faces_dir, ray_session, tmp_path):
     model_file = tmp_path / "model.pt"
     save_model(model_file, Autoencoder(ModelSpec(112, 92, 1, 40)))
-    out = extract_features(
+    rows = extract_features(
         DataConfig(dataset="images", data_dir=str(faces_dir)),
         ExtractConfig(checkpoint=str(model_file), split="all"),
         tmp_path / "features",
     )
-    table = read_features(out)
+    table = read_features(tmp_path / "features")
+    assert rows == 400
     assert len(table) == 400 and len(np.unique(table.ids)) == 400
     assert len(np.unique(table.labels)) == 40
     assert table.class_names == [f"s{i}" for i in range(1, 41)]
@@ -151,7 +151,7 @@ def test_feature_rows_keep_unknown_labels_null_after_numpy_and_ray():
     Ray 2.58's Parquet reader drops ``path``: the rows still get the feature table's schema."""
     rows = pa.table({"id": [0, 1], "label": [float("nan"), 2.0], "label_name": pa.nulls(2)})
     table = feature_table(rows, np.zeros((2, 512), np.float32), np.zeros(2, np.float32))
-    assert table.schema.equals(feature_schema())
+    assert table.schema.equals(feature_schema(512))
     assert table["label"].to_pylist() == [None, 2] and table["path"].to_pylist() == [None, None]
 
 
@@ -189,14 +189,29 @@ def test_reader_sorts_rows_by_id_whatever_the_file_order(tmp_path):
 
 def test_reader_names_a_missing_column(tmp_path):
     file = write_features(tmp_path / "t" / "0.parquet", [0, 1], np.zeros((2, 512), np.float32))
-    pq.write_table(pq.read_table(file).drop_columns(["recon_mse"]), file)
-    with pytest.raises(DataError, match=r"0\.parquet: missing column\(s\) recon_mse"):
+    pq.write_table(pq.read_table(file).drop_columns(["feature"]), file)
+    with pytest.raises(DataError, match=r"0\.parquet: missing column feature"):
         read_features(file.parent)
 
 
-def test_reader_refuses_another_feature_width(tmp_path):
-    write_features(tmp_path / "t" / "0.parquet", [0, 1], np.zeros((2, 16), np.float32))
-    with pytest.raises(DataError, match=r"column 'feature' must be fixed_size_list<float32>\[512\]"):
+def test_reader_takes_any_embedding_table_with_ids_and_features(tmp_path):
+    """A table written by plain pyarrow, 64-wide, with neither labels nor reconstruction errors."""
+    codes = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    feature = pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), 64)
+    (tmp_path / "t").mkdir()
+    pq.write_table(pa.table({"id": pa.array([4, 3, 2, 1, 0], pa.int64()), "feature": feature}), tmp_path / "t" / "a.parquet")
+    table = read_features(tmp_path / "t")
+    np.testing.assert_array_equal(table.X, codes[::-1])
+    assert (table.labels == -1).all() and table.class_names == [] and np.isnan(table.recon_mse).all()
+
+
+@pytest.mark.parametrize("second_width, metadata", [(16, None), (512, {"code_dim": 16})])
+def test_reader_refuses_another_feature_width(tmp_path, second_width, metadata):
+    """Files of one table must agree on the width, and with the width their metadata records."""
+    write_features(tmp_path / "t" / "0.parquet", [0, 1], np.zeros((2, 512), np.float32), metadata)
+    write_features(tmp_path / "t" / "1.parquet", [2, 3], np.zeros((2, second_width), np.float32), metadata)
+    expected = 16 if metadata else 512
+    with pytest.raises(DataError, match=rf"column 'feature' must be fixed_size_list<float32>\[{expected}\]"):
         read_features(tmp_path / "t")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from pipelines.recluster import (
+from pipelines.class_groups import (
     canonical_partition,
     class_cluster_table,
     co_assignment,

@@ -23,7 +23,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,23 +32,15 @@ from torch import nn
 
 from pipelines import plots
 from pipelines.config import DataConfig, TrainConfig
-from pipelines.data import SKIPPED_IMAGES_FILE, ImageSource, load_images
+from pipelines.data import ImageSource, load_images
+from pipelines.errors import ResourceError
 from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
+from pipelines.rundir import METRICS_FILE, MODEL_FILE, SKIPPED_IMAGES_FILE, STATE_FILE, read_metrics
 from pipelines.storage import write_text_atomic
 
 log = logging.getLogger("featurelens.training")
 
-STATE_FILE = "state.pt"
-METRICS_FILE = "metrics.jsonl"
-MODEL_FILE = "model.pt"
 LOCAL_SHUFFLE_BUFFER = 4096
-# A worker whose train and test shards hold at most this many bytes keeps them in memory (on its
-# GPU when it has one) after reading them once: 47 MB for Fashion-MNIST's 60,000 images.
-SHARD_CACHE_BYTES = 2 * 2**30
-
-
-class ResourceError(ValueError):
-    """The cluster cannot place what the job asks for (an option error: the jobs exit 2)."""
 
 
 # --- plain PyTorch: one epoch, one evaluation ------------------------------------------------
@@ -217,116 +209,169 @@ def steps_per_epoch(train_images: int, world: int, per_worker_batch: int) -> int
 # --- Ray Train: the loop each worker runs ----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a Ray Train worker needs, as plain values: it travels to workers on any node,
+    so they start from the same (seeded or transferred) weights without the driver's files."""
+
+    config: TrainConfig
+    spec: ModelSpec
+    initial_state: dict  # the model's state dict
+    threads: int  # torch threads of each worker
+    run_dir: str
+    train_images: int
+    shard_bytes: int  # what the train and test sets hold in the columns training reads
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker's model, optimizer and place in the world."""
+
+    model: Autoencoder
+    network: nn.Module  # the part being trained (DDP-wrapped after prepare_model)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    rank: int
+    world: int
+    device: torch.device
+
+
 def train_loop_per_worker(loop: dict) -> None:
-    """Runs on every Ray Train worker; ``loop`` carries plain values only (see ``train``)."""
+    """Runs on every Ray Train worker: restore, then one epoch and one checkpoint at a time."""
+    import ray.train.torch
+
+    plan: WorkerPlan = loop["plan"]
+    worker = start_worker(plan)
+    start_epoch, history = restore(worker, plan.config)
+    worker.network = ray.train.torch.prepare_model(worker.network)  # [3] DDP across the workers
+    batches = ShardBatches(plan, worker)
+    for epoch in range(start_epoch + 1, plan.config.epochs + 1):
+        history.append(run_epoch(worker, batches, epoch, plan.config))
+        report_epoch(worker, plan, history)
+
+
+def start_worker(plan: WorkerPlan) -> Worker:
     import ray.train
     import ray.train.torch
 
-    config = TrainConfig(**loop["train"])
-    torch.set_num_threads(loop["threads"])
-    context = ray.train.get_context()
+    config = plan.config
+    torch.set_num_threads(plan.threads)
+    context = ray.train.get_context()  # [1] this worker's place in the world
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed * 10_000 + rank)  # dropout and augmentation: repeatable runs
-
-    model = Autoencoder(ModelSpec(**loop["spec"]))
-    model.load_state_dict(loop["initial_state"])
-    # On the device before the optimizer exists: a resumed optimizer's state (loaded below) then
-    # lands there too; loaded onto CPU weights that prepare_model later moved to a GPU, it would
-    # stay on the CPU and fused Adam's first step would fail on mixed devices.
-    model.to(ray.train.torch.get_device())
+    model = Autoencoder(plan.spec)
+    model.load_state_dict(plan.initial_state)
+    # On the device before the optimizer exists: a resumed optimizer's state then lands there
+    # too; loaded onto CPU weights that prepare_model later moved to a GPU, it would stay on the
+    # CPU and fused Adam's first step would fail on mixed devices.
+    device = ray.train.torch.get_device()
+    model.to(device)
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
     network = training_network(model, config.mode)
-    per_worker_batch = config.batch_size // world
-    optimizer, scheduler = build_optimizer(network, config,
-                                           steps_per_epoch(loop["train_images"], world, per_worker_batch))
+    steps = steps_per_epoch(plan.train_images, world, config.batch_size // world)
+    optimizer, scheduler = build_optimizer(network, config, steps)
+    return Worker(model, network, optimizer, scheduler, rank, world, device)
 
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # a rerun of the same run, or a restart after a worker failure
-        with checkpoint.as_directory() as folder:
-            state = _torch_load(Path(folder) / STATE_FILE)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), json.loads(state["history"])
-        if rank == 0:
-            print(f"[train] resuming after epoch {start_epoch} of {config.epochs}", flush=True)
 
-    network = ray.train.torch.prepare_model(network)
-    device = ray.train.torch.get_device()
-    columns = ["image"] if config.mode == "autoencoder" else ["image", "label"]
-    shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "test")}
-    cached: dict[str, CachedShard] = {}
-    use_cache = cache_shards(loop["shard_bytes"] // world, loop["shard_cache_bytes"], device)
+def restore(worker: Worker, config: TrainConfig) -> tuple[int, list[dict]]:
+    """(last finished epoch, metrics so far) from Ray Train's checkpoint: a rerun of the same run,
+    or a restart after a worker failure; (0, []) for a fresh run."""
+    import ray.train
 
-    def batches(name: str, epoch: int | None):
-        seed = None if epoch is None else config.seed * 10_000 + epoch * 100 + rank
-        if use_cache:
-            if name not in cached:  # read once, in the first epoch (its time counts there)
-                cached[name] = CachedShard(shards[name], columns, device)
-            yield from cached[name].batches(per_worker_batch, seed)
+    checkpoint = ray.train.get_checkpoint()  # [2] the last reported checkpoint, if any
+    if not checkpoint:
+        return 0, []
+    with checkpoint.as_directory() as folder:
+        state = torch_load(Path(folder) / STATE_FILE)
+    worker.model.load_state_dict(state["model"])
+    worker.optimizer.load_state_dict(state["optimizer"])
+    worker.scheduler.load_state_dict(state["scheduler"])
+    if worker.rank == 0:
+        print(f"[train] resuming after epoch {state['epoch']} of {config.epochs}", flush=True)
+    return int(state["epoch"]), json.loads(state["history"])
+
+
+class ShardBatches:
+    """A worker's batches of its train and test shards: kept in memory after the first read when
+    they fit (``TrainConfig.shard_cache_gib``), else streamed from Ray Data with a local shuffle."""
+
+    def __init__(self, plan: WorkerPlan, worker: Worker) -> None:
+        import ray.train
+
+        config = plan.config
+        self.shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "test")}  # [4] this worker's rows
+        self.columns = ["image"] if config.mode == "autoencoder" else ["image", "label"]
+        self.batch_size, self.seed, self.worker = config.batch_size // worker.world, config.seed, worker
+        self.cache = cache_shards(plan.shard_bytes // worker.world, int(config.shard_cache_gib * 2**30), worker.device)
+        self.cached: dict[str, CachedShard] = {}
+
+    def __call__(self, name: str, epoch: int | None):
+        """``name``'s batches; shuffled per ``epoch``, in order for None (evaluation)."""
+        seed = None if epoch is None else self.seed * 10_000 + epoch * 100 + self.worker.rank
+        if self.cache:
+            if name not in self.cached:  # read once, in the first epoch (its time counts there)
+                self.cached[name] = CachedShard(self.shards[name], self.columns, self.worker.device)
+            yield from self.cached[name].batches(self.batch_size, seed)
             return
         shuffle = {} if seed is None else dict(local_shuffle_buffer_size=LOCAL_SHUFFLE_BUFFER, local_shuffle_seed=seed)
-        for batch in shards[name].iter_torch_batches(
-            batch_size=per_worker_batch, device=device, prefetch_batches=2, **shuffle
+        for batch in self.shards[name].iter_torch_batches(
+            batch_size=self.batch_size, device=self.worker.device, prefetch_batches=2, **shuffle
         ):
-            yield {column: batch[column] for column in columns}
-
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        train_loss, train_seen = train_epoch(network, batches("train", epoch), optimizer, config.mode, scheduler,
-                                             config.augment, config.label_smoothing)
-        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        test_loss, correct, test_seen = evaluate(network, batches("test", None), config.mode)
-        train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds = _sum_over_workers(
-            [train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds], device
-        )
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss / max(train_seen, 1),
-            "test_loss": test_loss / max(test_seen, 1),
-            "test_accuracy": correct / test_seen if config.mode == "classifier" and test_seen else None,
-            "images_per_s": train_seen / seconds,
-            "epoch_seconds": seconds,
-            # the workers' CPU time in the epoch (all their threads): / epoch_seconds = cores kept busy
-            "cpu_seconds": cpu_seconds,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_images": int(train_seen),
-            "test_images": int(test_seen),
-        }
-        history.append(metrics)
-        if rank == 0:
-            _print_progress(metrics, config)
-            write_metrics(Path(loop["run_dir"]), history)
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "history": json.dumps(history),
-                    },
-                    Path(folder) / STATE_FILE,
-                )
-                ray.train.report(_numeric(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(_numeric(metrics), checkpoint=None)
+            yield {column: batch[column] for column in self.columns}
 
 
-def _sum_over_workers(values: list[float], device) -> list[float]:
+def run_epoch(worker: Worker, batches: ShardBatches, epoch: int, config: TrainConfig) -> dict:
+    """One training epoch and one evaluation; the metrics summed over every worker."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    train_loss, train_seen = train_epoch(worker.network, batches("train", epoch), worker.optimizer, config.mode,
+                                         worker.scheduler, config.augment, config.label_smoothing)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    test_loss, correct, test_seen = evaluate(worker.network, batches("test", None), config.mode)
+    train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds = sum_over_workers(
+        [train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds], worker.device
+    )
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss / max(train_seen, 1),
+        "test_loss": test_loss / max(test_seen, 1),
+        "test_accuracy": correct / test_seen if config.mode == "classifier" and test_seen else None,
+        "images_per_s": train_seen / seconds,
+        "epoch_seconds": seconds,
+        # the workers' CPU time in the epoch (all their threads): / epoch_seconds = cores kept busy
+        "cpu_seconds": cpu_seconds,
+        "lr": worker.optimizer.param_groups[0]["lr"],
+        "train_images": int(train_seen),
+        "test_images": int(test_seen),
+    }
+
+
+def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict]) -> None:
+    """Rank 0 writes the metrics and reports the checkpoint; the others report the metrics only."""
+    import ray.train
+
+    metrics = {name: value for name, value in history[-1].items() if value is not None}
+    if worker.rank != 0:
+        ray.train.report(metrics, checkpoint=None)  # [5] every worker reports each epoch
+        return
+    print_progress(history[-1], plan.config)
+    write_metrics(Path(plan.run_dir), history)
+    state = {"model": worker.model.state_dict(), "optimizer": worker.optimizer.state_dict(),
+             "scheduler": worker.scheduler.state_dict(), "epoch": history[-1]["epoch"],
+             "history": json.dumps(history)}
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def sum_over_workers(values: list[float], device) -> list[float]:
     totals = torch.tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     return totals.tolist()
 
 
-def _numeric(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if v is not None}
-
-
-def _print_progress(metrics: dict, config: TrainConfig) -> None:
+def print_progress(metrics: dict, config: TrainConfig) -> None:
     accuracy = f"  test acc {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else ""
     print(
         f"[train] epoch {metrics['epoch']}/{config.epochs}  train loss {metrics['train_loss']:.5f}  "
@@ -335,7 +380,7 @@ def _print_progress(metrics: dict, config: TrainConfig) -> None:
     )
 
 
-def _torch_load(path) -> dict:
+def torch_load(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -351,11 +396,6 @@ def write_skipped_images(path: Path, skipped: list[tuple[str, str]]) -> None:
     writer.writerow(["path", "error"])
     writer.writerows(sorted(skipped))
     write_text_atomic(path, lines.getvalue())
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -455,23 +495,15 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
     run_dir.mkdir(parents=True, exist_ok=True)
     if data.on_bad_image == "skip":
         write_skipped_images(run_dir / SKIPPED_IMAGES_FILE, train_source.skipped + test_source.skipped)
-    loop = {
-        "train": asdict(config),
-        "spec": asdict(spec),
-        "threads": threads,
-        "run_dir": str(run_dir),
-        "train_images": train_source.num_images,
-        # what the train and test sets hold in the columns training reads (uint8 pixels, int64 label)
-        "shard_bytes": (train_source.num_images + test_source.num_images)
+    plan = WorkerPlan(
+        config=config, spec=spec, initial_state=initial_model(spec, config).state_dict(), threads=threads,
+        run_dir=str(run_dir), train_images=train_source.num_images,
+        shard_bytes=(train_source.num_images + test_source.num_images)
         * (spec.height * spec.width * spec.channels + (8 if config.mode == "classifier" else 0)),
-        "shard_cache_bytes": SHARD_CACHE_BYTES,  # read here, so that a caller may change it (0: stream)
-        # Travels with the config, so workers on any node start from the same (seeded or
-        # transferred) weights without reading the driver's files.
-        "initial_state": initial_model(spec, config).state_dict(),
-    }
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop,
+        train_loop_config={"plan": plan},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpus_per_worker > 0,
@@ -496,7 +528,7 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
 def finish(run_dir: Path, checkpoint, spec: ModelSpec, test_source: ImageSource, config: TrainConfig) -> TrainResult:
     """From the last checkpoint: the final model file, metrics.jsonl and the figures."""
     with checkpoint.as_directory() as folder:
-        state = _torch_load(Path(folder) / STATE_FILE)
+        state = torch_load(Path(folder) / STATE_FILE)
     history = json.loads(state["history"])
     model = Autoencoder(spec)
     model.load_state_dict(state["model"])

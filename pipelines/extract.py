@@ -1,25 +1,12 @@
-"""Feature extraction: Ray Data maps the encoder over image shards into a Parquet feature table.
+"""The extract stage: Ray Data maps a trained encoder over the images into a Parquet feature table.
 
-Columns of a feature table (plain Arrow types, so pyarrow and pandas read it without Ray):
-
-=============  ==========================================================
-``id``          int64, the source's image id (unique)
-``label``       int64, null when unknown
-``label_name``  string, null when unknown
-``path``        string, null for array sources (Fashion-MNIST)
-``feature``     fixed_size_list<float32>[code_dim]: the encoder's code
-``recon_mse``   float32: the image's mean squared reconstruction error
-=============  ==========================================================
-
-The table's metadata (fingerprint of the model, source, code version, class names, ...) is JSON
-under the key ``featurelens`` of every file's Arrow schema metadata. ``read_features`` reads a
-table back with plain pyarrow and checks it.
+The table's columns and metadata are ``pipelines.feature_table``'s; this module runs the encoder
+as a pool of Ray Data actors and writes the table atomically.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -28,58 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
 
 from pipelines.config import DataConfig, ExtractConfig
-from pipelines.data import DataError, ImageSource, load_images
-from pipelines.model import CODE_DIM, Autoencoder, ModelSpec, fingerprint, load_model, resolve_model_path, scale_images
+from pipelines.data import ImageSource, load_images
+from pipelines.errors import DataError, ResourceError
+from pipelines.feature_table import check_unique_ids, feature_schema, feature_table, parquet_files
+from pipelines.model import Autoencoder, ModelSpec, fingerprint, load_model, resolve_model_path, scale_images
 from pipelines.runtime import cluster_cpus, cluster_gpus, init_ray
-from pipelines.storage import atomic_output_dir
-from pipelines.training import ResourceError
-
-METADATA_KEY = b"featurelens"
-REQUIRED_COLUMNS = ("id", "label", "label_name", "feature", "recon_mse")
-
-
-def feature_schema(code_dim: int = CODE_DIM, metadata: dict | None = None) -> pa.Schema:
-    """The feature table's schema, with ``metadata`` as JSON under ``featurelens``."""
-    schema = pa.schema(
-        [
-            ("id", pa.int64()),
-            ("label", pa.int64()),
-            ("label_name", pa.string()),
-            ("path", pa.string()),
-            ("feature", pa.list_(pa.float32(), code_dim)),
-            ("recon_mse", pa.float32()),
-        ]
-    )
-    return schema if metadata is None else schema.with_metadata({METADATA_KEY: json.dumps(metadata)})
-
-
-def feature_table(rows: pa.Table, codes: np.ndarray, recon_mse: np.ndarray) -> pa.Table:
-    """The image rows' id, label, label_name and path beside their codes (n, code_dim) and errors.
-
-    A missing nullable column is written as nulls: Ray 2.58's Parquet reader drops a column named
-    ``path`` from image shards (ray-project/ray#63757)."""
-    columns = {"id": rows["id"]}
-    for name in ("label", "label_name", "path"):
-        columns[name] = rows[name] if name in rows.column_names else pa.nulls(rows.num_rows)
-    columns["label"] = null_nan_labels(columns["label"])
-    codes = np.ascontiguousarray(codes, dtype=np.float32)
-    columns["feature"] = pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1])
-    columns["recon_mse"] = pa.array(recon_mse, pa.float32())
-    # cast: a column Ray rebuilt from numpy may come back as null-typed (all None)
-    return pa.table(columns).cast(feature_schema(codes.shape[1]))
-
-
-def null_nan_labels(labels: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Unknown labels that went through numpy come back as float NaN: make them null again."""
-    if not pa.types.is_floating(labels.type):
-        return labels
-    return pc.if_else(pc.is_nan(labels), None, labels).cast(pa.int64())
+from pipelines.storage import atomic_output
 
 
 # --- the encoder as a Ray Data actor ---------------------------------------------------------
@@ -187,15 +133,15 @@ def encode(source: ImageSource, model: Autoencoder, config: ExtractConfig) -> ra
 # --- the driver ------------------------------------------------------------------------------
 
 
-def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -> Path:
+def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -> int:
     """Write the feature table of ``config.checkpoint``'s encoder over ``data``'s ``config.split``.
 
     Streaming: Ray Data reads, encodes and writes in blocks; the driver only reads the ids back to
-    check them. Atomic: the table appears at ``out`` complete, or not at all."""
+    check them. Atomic: the table appears at ``out`` complete, or not at all. Returns its rows."""
     if config.checkpoint is None:
         raise ValueError("--checkpoint is required: a training run directory or its model.pt")
     out = Path(out)
-    with atomic_output_dir(out, overwrite=config.overwrite) as tmp:
+    with atomic_output(out, folder=True, overwrite=config.overwrite) as tmp:
         model, _ = load_model(config.checkpoint)
         init_ray()
         source = load_images(data, config.split)
@@ -210,7 +156,7 @@ def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -
         f"({source.num_images / seconds:,.0f} images/s)",
         flush=True,
     )
-    return out
+    return source.num_images
 
 
 def check_source_matches(source: ImageSource, spec: ModelSpec) -> None:
@@ -267,116 +213,6 @@ def check_written_ids(folder: Path, expected_rows: int) -> None:
     check_unique_ids(ids, folder)
 
 
-def check_unique_ids(ids: np.ndarray, where: Path) -> None:
-    unique, counts = np.unique(ids, return_counts=True)
-    if len(unique) != len(ids):
-        raise DataError(f"{where}: {len(ids) - len(unique)} duplicate id(s), e.g. {unique[counts > 1][:5].tolist()}")
-
-
-def parquet_files(path: Path) -> list[Path]:
-    """A table folder's Parquet files in name order, or the one file ``path`` names."""
-    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
-    if not files:
-        raise DataError(f"{path}: no feature table here (no .parquet files)")
-    return files
-
-
 # --- the reader (plain pyarrow) --------------------------------------------------------------
 
 
-@dataclass
-class FeatureTable:
-    """A feature table in memory, rows sorted by id."""
-
-    ids: np.ndarray  # int64 [n]
-    X: np.ndarray  # float32 [n, code_dim]
-    labels: np.ndarray  # int64 [n], -1 where unknown
-    label_names: np.ndarray  # object [n]: str, or None where unknown
-    class_names: list[str]  # by label index
-    recon_mse: np.ndarray  # float32 [n]
-    metadata: dict
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def read_features(path: str | Path, expected_fingerprint: str | None = None) -> FeatureTable:
-    """Read and check a feature table (a folder of Parquet files, or one file) with plain pyarrow.
-
-    DataError names the file and what is wrong: a missing column, a feature width other than the
-    metadata's code_dim (512 without metadata), rows with NaN or inf, or another model's fingerprint."""
-    path = Path(path)
-    files = parquet_files(path)
-    metadata = table_metadata_of(files)
-    if expected_fingerprint is not None and metadata.get("fingerprint") != expected_fingerprint:
-        raise DataError(
-            f"{path}: features of the model with fingerprint {metadata.get('fingerprint')}, "
-            f"expected {expected_fingerprint}"
-        )
-    width = int(metadata.get("code_dim", CODE_DIM))
-    table = pa.concat_tables([read_feature_file(file, width) for file in files])
-    order = np.argsort(table["id"].to_numpy(), kind="stable")
-    table = table.take(order)
-    ids = writable_array(table["id"])
-    check_unique_ids(ids, path)
-    X = writable_array(table["feature"].combine_chunks().flatten()).reshape(len(ids), width)
-    recon_mse = writable_array(table["recon_mse"])
-    check_finite(ids, X, recon_mse, path)
-    labels = writable_array(table["label"].fill_null(-1))
-    label_names = np.array(table["label_name"].to_pylist(), dtype=object)
-    return FeatureTable(
-        ids=ids,
-        X=X,
-        labels=labels,
-        label_names=label_names,
-        class_names=metadata.get("class_names") or class_names_of(labels, label_names),
-        recon_mse=recon_mse,
-        metadata=metadata,
-    )
-
-
-def table_metadata_of(files: list[Path]) -> dict:
-    """The metadata every file of the table carries ({} for a table written elsewhere)."""
-    found = [(pq.read_schema(file).metadata or {}).get(METADATA_KEY) for file in files]
-    for file, raw in zip(files[1:], found[1:]):
-        if raw != found[0]:
-            raise DataError(f"{file}: metadata differs from {files[0]}'s (files of two extractions in one table)")
-    return json.loads(found[0]) if found[0] else {}
-
-
-def read_feature_file(file: Path, width: int) -> pa.Table:
-    """One file's required columns, after checking that they are there and the feature width."""
-    schema = pq.read_schema(file)
-    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
-    if missing:
-        raise DataError(f"{file}: missing column(s) {', '.join(missing)} of the feature table")
-    feature_type = schema.field("feature").type
-    if not pa.types.is_fixed_size_list(feature_type) or feature_type.list_size != width:
-        raise DataError(f"{file}: column 'feature' must be fixed_size_list<float32>[{width}], found {feature_type}")
-    table = pq.read_table(file, columns=list(REQUIRED_COLUMNS))
-    if table["feature"].null_count:
-        raise DataError(f"{file}: column 'feature' has {table['feature'].null_count} null row(s)")
-    required = feature_schema(width)
-    return table.cast(pa.schema([required.field(name) for name in REQUIRED_COLUMNS]))
-
-
-def writable_array(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A numpy copy that callers may change in place (Arrow's own buffers are read-only)."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return values.to_numpy(zero_copy_only=False, writable=True)
-
-
-def check_finite(ids: np.ndarray, X: np.ndarray, recon_mse: np.ndarray, where: Path) -> None:
-    bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(recon_mse))
-    if bad.any():
-        raise DataError(
-            f"{where}: {int(bad.sum())} row(s) with NaN or inf features or recon_mse, ids {ids[bad][:5].tolist()} ..."
-        )
-
-
-def class_names_of(labels: np.ndarray, label_names: np.ndarray) -> list[str]:
-    """Class names by label index from the rows' label/label_name pairs (a label no row names
-    gets its number as name)."""
-    names = {int(label): name for label, name in zip(labels, label_names) if label >= 0 and name is not None}
-    return [names.get(label, str(label)) for label in range(max(names, default=-1) + 1)]

@@ -12,7 +12,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from pipelines.stability import (
+from pipelines.measures import (
     CLASS_AGREEMENT,
     PARTITION_AGREEMENT,
     bootstrap_indices,

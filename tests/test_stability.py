@@ -14,9 +14,10 @@ from threadpoolctl import threadpool_limits
 
 from jobs import recluster as recluster_job
 from jobs import stability as stability_job
-from pipelines import clustering
+from pipelines import stability, sweep_scores
 from pipelines.config import StabilityConfig
-from pipelines.storage import OutputExistsError
+from pipelines.errors import OutputExistsError
+from pipelines.rundir import read_labels, read_manifest
 
 PLANTED_K = 4
 SMALL = {"seeds": 4, "resamples": 2, "silhouette_sample": 200}
@@ -24,31 +25,32 @@ PNG_MAGIC = b"\x89PNG"
 
 
 @pytest.fixture(scope="module")
-def blobs() -> clustering.SweepData:
+def blobs() -> sweep_scores.SweepData:
     # Equidistant centres: which blobs merge (k < 4) or split (k > 4) depends on the seed, so only
     # the planted k is stable across seeds.
     X, y = make_blobs(n_samples=240, n_features=6, centers=8 * np.eye(PLANTED_K, 6), random_state=0)
-    return clustering.sweep_data(X, classes=y)
+    return sweep_scores.sweep_data(X, classes=y)
 
 
 @pytest.fixture(scope="module")
-def blob_sweep(ray_session, blobs, tmp_path_factory) -> clustering.SweepOutcome:
-    return clustering.run_stability(blobs, StabilityConfig(k="2-5", **SMALL), tmp_path_factory.mktemp("blobs") / "st")
+def blob_sweep(ray_session, blobs, tmp_path_factory) -> stability.SweepOutcome:
+    return stability.run_stability(blobs, StabilityConfig(k="2-5", **SMALL), tmp_path_factory.mktemp("blobs") / "st")
 
 
 @pytest.fixture(scope="module")
 def resumed_sweep(ray_session, blobs, tmp_path_factory):
     """k=2-3, then k=2-4 into the same folder; with the first run's per-k files and their mtimes."""
     out = tmp_path_factory.mktemp("resume") / "st"
-    first = clustering.run_stability(blobs, StabilityConfig(k="2-3", **SMALL), out)
+    first = stability.run_stability(blobs, StabilityConfig(k="2-3", **SMALL), out)
     mtimes = {path: path.stat().st_mtime_ns for path in (out / "per_k").rglob("*") if path.is_file()}
-    second = clustering.run_stability(blobs, StabilityConfig(k="2-4", **SMALL), out)
+    second = stability.run_stability(blobs, StabilityConfig(k="2-4", **SMALL), out)
     return first, second, mtimes
 
 
 def saved_labels(out) -> dict[str, np.ndarray]:
-    with np.load(out / "labels.npz") as saved:
-        return dict(saved)
+    """ids, and k=05 [seeds, n] for every k of the sweep in ``out``."""
+    ks = read_manifest(out)["k"]
+    return {"ids": read_labels(out, ks[0])[0], **{f"k={k:02d}": read_labels(out, k)[1] for k in ks}}
 
 
 def test_the_planted_k_is_the_most_stable(blob_sweep):
@@ -64,7 +66,7 @@ def test_a_rerun_computes_only_the_missing_k(resumed_sweep):
     assert (first.computed, second.computed, second.skipped) == ([2, 3], [4], [2, 3])
     assert {path: path.stat().st_mtime_ns for path in mtimes} == mtimes
     assert pd.read_csv(second.out / "summary.csv")["k"].tolist() == [2, 3, 4]
-    assert sorted(pd.read_parquet(second.out / "runs.parquet")["k"].unique()) == [2, 3, 4]
+    assert sorted(pd.read_csv(second.out / "runs.csv")["k"].unique()) == [2, 3, 4]
     assert not (second.out / ".tmp").exists()
 
 
@@ -81,40 +83,40 @@ def test_the_sequential_loop_does_what_the_tune_trials_do(blobs, blob_sweep):
     config = StabilityConfig(k="2-5", **SMALL)
     # One thread, as each trial on 2 CPUs: OpenMP's partial sums on 2 threads round differently.
     with threadpool_limits(1):
-        sequential = clustering.sweep_sequential(blobs.X, config, blobs.classes)
+        sequential = sweep_scores.sweep_sequential(blobs.X, config, blobs.classes)
     tuned = saved_labels(blob_sweep.out)
     for k, result in sequential.items():
         np.testing.assert_array_equal(result.labels, tuned[f"k={k:02d}"])
-    rows = pd.DataFrame([clustering.summary_row(result) for result in sequential.values()])
+    rows = pd.DataFrame([sweep_scores.summary_row(result) for result in sequential.values()])
     pd.testing.assert_frame_equal(rows.drop(columns="seconds"), blob_sweep.summary.drop(columns="seconds"))
 
 
 def test_results_of_another_table_or_settings_are_refused(blobs, resumed_sweep):
     _, resumed, _ = resumed_sweep
     with pytest.raises(OutputExistsError, match="seeds=4 \\(now 3\\).*--overwrite"):
-        clustering.plan_sweep(blobs, StabilityConfig(k="2-4", **{**SMALL, "seeds": 3}), resumed.out)
-    other = clustering.sweep_data(blobs.X[::-1], classes=blobs.classes[::-1])
+        stability.plan_sweep(blobs, StabilityConfig(k="2-4", **{**SMALL, "seeds": 3}), resumed.out)
+    other = sweep_scores.sweep_data(blobs.X[::-1], classes=blobs.classes[::-1])
     config = StabilityConfig(k="2-4", **SMALL)
     with pytest.raises(OutputExistsError, match="another feature table"):
-        clustering.plan_sweep(other, config, resumed.out)
-    assert clustering.plan_sweep(other, config, resumed.out, overwrite=True).todo == [2, 3, 4]
+        stability.plan_sweep(other, config, resumed.out)
+    assert stability.plan_sweep(other, config, resumed.out, overwrite=True).todo == [2, 3, 4]
 
 
 def test_a_transform_is_fitted_once_and_the_sweep_compares_with_other_runs(blobs, resumed_sweep, tmp_path,
                                                                          monkeypatch):
     _, resumed, _ = resumed_sweep
     fits = []
-    apply_transform = clustering.apply_transform
-    monkeypatch.setattr(clustering, "apply_transform", lambda *a, **kw: fits.append(a[1]) or apply_transform(*a, **kw))
+    apply_transform = sweep_scores.apply_transform
+    monkeypatch.setattr(sweep_scores, "apply_transform", lambda *a, **kw: fits.append(a[1]) or apply_transform(*a, **kw))
     options = {**SMALL, "transform": "standardize,pca", "pca_components": 3, "clusterer": "gmm",
                "compare_runs": str(resumed.out)}
     out = tmp_path / "st"
-    clustering.run_stability(blobs, StabilityConfig(k="2-3", **options), out)
-    clustering.run_stability(blobs, StabilityConfig(k="2-4", **options), out)
+    stability.run_stability(blobs, StabilityConfig(k="2-3", **options), out)
+    stability.run_stability(blobs, StabilityConfig(k="2-4", **options), out)
     assert fits == [["standardize", "pca"]]  # the second run reused OUT/transformed.npy
     assert np.load(out / "transformed.npy").shape == (len(blobs.X), 3)
     with threadpool_limits(1):
-        sequential = clustering.sweep_sequential(blobs.X, StabilityConfig(k="4", **options), blobs.classes)
+        sequential = sweep_scores.sweep_sequential(blobs.X, StabilityConfig(k="4", **options), blobs.classes)
     np.testing.assert_array_equal(sequential[4].labels, saved_labels(out)["k=04"])
     # Both sweeps recover the planted blobs at k=4: their partitions agree, point by point.
     representation = pd.read_csv(out / "representation.csv").set_index("k")
@@ -122,7 +124,7 @@ def test_a_transform_is_fitted_once_and_the_sweep_compares_with_other_runs(blobs
     assert representation.loc[4, ["ari_mean", "ari_min"]].tolist() == [1.0, 1.0]
     assert representation.loc[4, "n_pairs"] == SMALL["seeds"] ** 2
     with pytest.raises(ValueError, match="has no sweep of k=5"):
-        clustering.plan_sweep(blobs, StabilityConfig(k="2-5", **options), out)
+        stability.plan_sweep(blobs, StabilityConfig(k="2-5", **options), out)
 
 
 # --- the jobs on the real tiny feature table ---------------------------------------------------
@@ -137,7 +139,7 @@ def tiny_sweep(ray_session, tiny_features, tmp_path_factory):
 
 
 def test_the_stability_job_writes_every_output(tiny_sweep):
-    summary = pd.read_parquet(tiny_sweep / "summary.parquet")
+    summary = pd.read_csv(tiny_sweep / "summary.csv")
     assert summary["k"].tolist() == [2, 3, 4]
     for column in ("ari_mean", "ari_std", "ami_mean", "ami_std", "hungarian_mean", "hungarian_std",
                    "bootstrap_jaccard_mean", "subsample_ari_mean", "subsample_ari_std", "acc_mean", "acc_std",
