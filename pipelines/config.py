@@ -20,6 +20,7 @@ AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
 TRANSFORM_STEPS = ("standardize", "l2", "pca", "pca-whiten", "umap")
 CLUSTERERS = ("kmeans", "gmm")
 GMM_COVARIANCES = ("full", "diag", "tied", "spherical")
+BOOTSTRAP_PROTOCOLS = ("clusterboot", "duplicates")  # pipelines.measures documents them
 
 
 def opt(default: Any, help: str) -> Any:
@@ -179,7 +180,15 @@ class StabilityConfig:
 
     k: str = opt("2-10", "cluster counts: a range 2-10 or a list 2,4,10")
     seeds: int = opt(10, "clusterer seeds per k (n_init=1 each)")
-    resamples: int = opt(20, "bootstrap and 80%-subsample resamples per k (0: skip them)")
+    resamples: int = opt(
+        100, "bootstrap and 80%-subsample resamples per k (0: skip them); 100, as Hennig recommends, keeps "
+        "the standard error of a cluster's mean Jaccard at most about 0.03")
+    bootstrap: str = opt(
+        "clusterboot",
+        "bootstrap protocol: clusterboot (fpc::clusterboot's default, multipleboot=FALSE: the clusterer is "
+        "refitted on the distinct drawn points, and a cluster with no point in a resample scores 0 and "
+        "counts) or duplicates (refitted on the drawn rows with their repeats, an absent cluster left out "
+        "of its mean; the earlier protocol, whose means run about 0.02 higher)")
     subsample_fraction: float = opt(0.8, "share of the points in each subsample")
     silhouette_sample: int = opt(2000, "points in the fixed sample the silhouette is computed on")
     cpus_per_trial: float | None = opt(
@@ -218,6 +227,7 @@ class StabilityConfig:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.resamples < 0:
             raise ValueError(f"resamples must be >= 0, got {self.resamples}")
+        check_choice("bootstrap", self.bootstrap, BOOTSTRAP_PROTOCOLS)
         if not 0.0 < self.subsample_fraction < 1.0:
             raise ValueError(f"subsample_fraction must be in (0, 1), got {self.subsample_fraction}")
         if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:

@@ -7,7 +7,9 @@ Small pure functions over label arrays. Two questions are answered here:
   clustering with known classes.
 * Is each cluster of a reference clustering real, i.e. does it survive when the
   points are resampled? Hennig's clusterboot Jaccard (:func:`cluster_jaccard`,
-  :func:`bootstrap_jaccard`, :func:`jaccard_verdict`).
+  :func:`bootstrap_jaccard`, :func:`jaccard_standard_error`, :func:`jaccard_verdict`),
+  by default exactly as ``fpc::clusterboot`` computes it (``tests/test_clusterboot.py``
+  replays R's draws and partitions through these functions).
 
 No clusterer is fitted here: callers fit on ``X[indices]`` and pass the labels
 back, or hand a ``fit_predict`` callable to :func:`resample_stability`.
@@ -26,6 +28,8 @@ from sklearn.metrics import (
     adjusted_rand_score,
     normalized_mutual_info_score,
 )
+
+from pipelines.config import BOOTSTRAP_PROTOCOLS
 
 Measure = Callable[[ArrayLike, ArrayLike], float]
 
@@ -339,20 +343,34 @@ def _distinct_resample(
     return points, labels[first]
 
 
+# How a bootstrap resample is refitted and scored (StabilityConfig.bootstrap):
+#   clusterboot  fpc::clusterboot's default (multipleboot=FALSE): the clusterer sees each drawn
+#                point once, and a reference cluster with no point in the resample scores 0;
+#   duplicates   the clusterer sees the drawn rows with their repeats, and an absent cluster is
+#                left out of its mean (NaN): this project's protocol before clusterboot fidelity.
+# (The tuple lives in pipelines.config, which must stay light enough for --help.)
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in BOOTSTRAP_PROTOCOLS:
+        raise ValueError(f"unknown bootstrap protocol {protocol!r}; choose one of {', '.join(BOOTSTRAP_PROTOCOLS)}")
+
+
 def _best_jaccard(
-    reference: NDArray[np.int64], points: NDArray[np.int64], labels: NDArray[np.int64]
+    reference: NDArray[np.int64], points: NDArray[np.int64], labels: NDArray[np.int64], absent: float = 0.0
 ) -> NDArray[np.float64]:
-    """Each reference cluster's best Jaccard with a resample cluster, on ``points``."""
+    """Each reference cluster's best Jaccard with a resample cluster, on ``points``; ``absent``
+    for a cluster with no point there (clusterboot: 0, since |A & B| = 0 for every B)."""
     cluster_ids = np.unique(reference)
     counts, present_ids, _ = contingency(reference[points], labels)
     union = counts.sum(axis=1, keepdims=True) + counts.sum(axis=0, keepdims=True) - counts
-    best = np.full(cluster_ids.size, np.nan)
+    best = np.full(cluster_ids.size, absent, dtype=float)
     best[np.searchsorted(cluster_ids, present_ids)] = (counts / union).max(axis=1)
     return best
 
 
 def cluster_jaccard(
-    reference_labels: ArrayLike, resample_indices: ArrayLike, resample_labels: ArrayLike
+    reference_labels: ArrayLike, resample_indices: ArrayLike, resample_labels: ArrayLike, absent: float = 0.0
 ) -> NDArray[np.float64]:
     """Per-cluster Jaccard stability for one resample (Hennig's clusterboot).
 
@@ -368,21 +386,26 @@ def cluster_jaccard(
         Indices into the original points; may repeat (bootstrap).
     resample_labels : array-like of shape (n_resampled,)
         Labels the clusterer gave ``X[resample_indices]``.
+    absent : float
+        The score of a cluster with no point in the resample: 0 as in
+        clusterboot (the default), NaN to leave it out of the mean.
 
     Returns
     -------
     ndarray of shape (k,)
         One value per reference cluster, in the order of
-        ``np.unique(reference_labels)``; NaN for a cluster with no point in the
-        resample.
+        ``np.unique(reference_labels)``.
+
+    >>> cluster_jaccard([0, 0, 1, 1, 2], [0, 1, 2, 3], [5, 5, 6, 6]).tolist()
+    [1.0, 1.0, 0.0]
     """
     reference = check_labels(reference_labels, "reference_labels")
     points, labels = _distinct_resample(reference.size, resample_indices, resample_labels)
-    return _best_jaccard(reference, points, labels)
+    return _best_jaccard(reference, points, labels, absent)
 
 
 def bootstrap_jaccard(
-    reference_labels: ArrayLike, resamples: Sequence[tuple[ArrayLike, ArrayLike]]
+    reference_labels: ArrayLike, resamples: Sequence[tuple[ArrayLike, ArrayLike]], absent: float = 0.0
 ) -> NDArray[np.float64]:
     """:func:`cluster_jaccard` for many resamples (bootstrap or subsample alike).
 
@@ -391,6 +414,8 @@ def bootstrap_jaccard(
     reference_labels : array-like of shape (n_points,)
     resamples : sequence of (indices, labels)
         One pair per resample, as for :func:`cluster_jaccard`.
+    absent : float
+        As for :func:`cluster_jaccard`.
 
     Returns
     -------
@@ -399,7 +424,7 @@ def bootstrap_jaccard(
     if len(resamples) == 0:
         raise ValueError("resamples is empty")
     return np.vstack(
-        [cluster_jaccard(reference_labels, indices, labels) for indices, labels in resamples]
+        [cluster_jaccard(reference_labels, indices, labels, absent) for indices, labels in resamples]
     )
 
 
@@ -421,6 +446,23 @@ def mean_jaccard_per_cluster(jaccard: ArrayLike) -> NDArray[np.float64]:
     n_present = present.sum(axis=0)
     total = np.where(present, jaccard, 0.0).sum(axis=0)
     return np.divide(total, n_present, out=np.full(total.shape, np.nan), where=n_present > 0)
+
+
+def jaccard_standard_error(jaccard: ArrayLike) -> NDArray[np.float64]:
+    """Monte-Carlo standard error of :func:`mean_jaccard_per_cluster`: the sample standard
+    deviation (ddof=1) over the resamples a cluster was scored in, over the square root of
+    their number. NaN with fewer than 2 such resamples.
+
+    >>> jaccard_standard_error([[1.0, 0.5], [0.0, 0.5], [0.5, np.nan]]).round(4).tolist()
+    [0.2887, 0.0]
+    """
+    jaccard = np.asarray(jaccard, dtype=float)
+    n_present = (~np.isnan(jaccard)).sum(axis=0)
+    se = np.full(jaccard.shape[1], np.nan)
+    for column in np.flatnonzero(n_present >= 2):
+        scored = jaccard[~np.isnan(jaccard[:, column]), column]
+        se[column] = scored.std(ddof=1) / np.sqrt(scored.size)
+    return se
 
 
 def jaccard_verdict(mean_jaccard: float) -> str:
@@ -505,11 +547,35 @@ def subsample_indices(
     return [np.sort(rng.choice(n, size=size, replace=False)) for _ in range(n_resamples)]
 
 
+def distinct_in_order(indices: ArrayLike) -> NDArray[np.int64]:
+    """The distinct values of ``indices`` in the order of their first occurrence (R's ``unique``).
+
+    >>> distinct_in_order([3, 1, 3, 0, 1]).tolist()
+    [3, 1, 0]
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    _, first = np.unique(indices, return_index=True)
+    return indices[np.sort(first)]
+
+
+def refit_resample(
+    X: np.ndarray, fit_predict: Callable[[np.ndarray, int], ArrayLike], indices: NDArray[np.int64],
+    resample_no: int, protocol: str,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(distinct points, their labels) of one resample refitted under ``protocol``: the
+    clusterer sees each drawn point once (clusterboot) or the drawn rows with repeats."""
+    if protocol == "clusterboot":
+        points = distinct_in_order(indices)
+        return points, check_labels(fit_predict(X[points], resample_no), "fit_predict's labels")
+    return _distinct_resample(len(X), indices, fit_predict(X[indices], resample_no))
+
+
 def resample_stability(
     X: ArrayLike,
     fit_predict: Callable[[np.ndarray, int], ArrayLike],
     reference_labels: ArrayLike,
     indices_list: Sequence[ArrayLike],
+    protocol: str = "clusterboot",
 ) -> dict[str, object]:
     """Refit the clusterer on resamples of the points and score the reference clusters.
 
@@ -522,19 +588,24 @@ def resample_stability(
     ``X`` (n_points, ...): the points, rows selected with ``X[indices]``;
     ``fit_predict(X_resample, resample_no) -> labels``, ``resample_no`` (0, 1, ...)
     seeding its own randomness; ``reference_labels`` (n_points,): the clustering of
-    all points; ``indices_list``: from :func:`bootstrap_indices` or :func:`subsample_indices`.
+    all points; ``indices_list``: from :func:`bootstrap_indices` or :func:`subsample_indices`;
+    ``protocol``: one of ``BOOTSTRAP_PROTOCOLS`` (subsamples have no repeats, so for them
+    only the scoring of an absent cluster differs).
 
     Returns
     -------
     dict
         ``cluster_ids`` (k,): sorted reference ids, the column order below;
-        ``jaccard`` (n_resamples, k): per-resample best Jaccard (NaN if absent);
+        ``jaccard`` (n_resamples, k): per-resample best Jaccard (absent: 0, or NaN
+        under ``duplicates``);
         ``mean_jaccard`` (k,): see :func:`mean_jaccard_per_cluster`;
+        ``se_jaccard`` (k,): see :func:`jaccard_standard_error`;
         ``ari_mean``, ``ari_std``: ARI between the reference labels and the
         resample labels on the distinct resampled points (for subsamples, the
         shared points), population std;
         ``n_resamples``: int.
     """
+    check_protocol(protocol)
     reference = check_labels(reference_labels, "reference_labels")
     X = np.asarray(X)
     if len(X) != reference.size:
@@ -543,20 +614,20 @@ def resample_stability(
         )
     if len(indices_list) == 0:
         raise ValueError("indices_list is empty")
+    absent = 0.0 if protocol == "clusterboot" else np.nan
     jaccard, ari = [], []
     for resample_no, resample_indices in enumerate(indices_list):
         # Checked before indexing: negative indices would silently wrap around.
         indices = check_labels(resample_indices, "resample_indices", n_ids=reference.size)
-        points, labels = _distinct_resample(
-            reference.size, indices, fit_predict(X[indices], resample_no)
-        )
-        jaccard.append(_best_jaccard(reference, points, labels))
+        points, labels = refit_resample(X, fit_predict, indices, resample_no, protocol)
+        jaccard.append(_best_jaccard(reference, points, labels, absent))
         ari.append(adjusted_rand_index(reference[points], labels))
     jaccard = np.vstack(jaccard)
     return {
         "cluster_ids": np.unique(reference),
         "jaccard": jaccard,
         "mean_jaccard": mean_jaccard_per_cluster(jaccard),
+        "se_jaccard": jaccard_standard_error(jaccard),
         "ari_mean": float(np.mean(ari)),
         "ari_std": float(np.std(ari)),
         "n_resamples": len(ari),

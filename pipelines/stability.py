@@ -47,6 +47,14 @@ from threadpoolctl import threadpool_limits
 
 from pipelines.config import StabilityConfig, parse_transform
 from pipelines.errors import OutputExistsError
+from pipelines.findings import (
+    ASSIGNMENTS_CSV,
+    ASSIGNMENTS_PARQUET,
+    FINDINGS_FILE,
+    STABLE_JACCARD,
+    cluster_findings,
+    recommend_k,
+)
 from pipelines.measures import cross_model_agreement
 from pipelines.rundir import (
     CLUSTERS_FILE,
@@ -68,6 +76,7 @@ from pipelines.sweep_scores import (
     clusters_table,
     contingency_table,
     evaluate_k,
+    resample_column,
     runs_table,
     summary_row,
     transform_points,
@@ -78,8 +87,8 @@ log = logging.getLogger("featurelens.stability")
 # What a per-k result depends on besides the table; the k range and the resources do not matter.
 TRANSFORM_SETTINGS = ("transform", "pca_components", "umap_components", "umap_neighbors", "umap_min_dist",
                       "transform_seed")
-RESULT_SETTINGS = ("seeds", "resamples", "subsample_fraction", "silhouette_sample", "clusterer", "gmm_covariance",
-                   *TRANSFORM_SETTINGS)
+RESULT_SETTINGS = ("seeds", "resamples", "bootstrap", "subsample_fraction", "silhouette_sample", "clusterer",
+                   "gmm_covariance", *TRANSFORM_SETTINGS)
 
 
 # --- what is clustered ------------------------------------------------------------------------
@@ -302,6 +311,8 @@ def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: 
     write_csv(runs_table(results), out / RUNS_FILE)
     write_csv(clusters, out / CLUSTERS_FILE)
     save_npy(out / IDS_FILE, data.ids)
+    write_json_atomic(out / FINDINGS_FILE, findings_document(data, config, results))
+    write_assignments(out, assignments_table(data, results))
     if data.classes is not None:
         with atomic_output(out / "contingency", folder=True) as folder:
             for result in results:
@@ -320,6 +331,42 @@ def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: 
         write_csv(representation_table(data, config, results), out / REPRESENTATION_FILE)
     write_csv(summary, out / SUMMARY_FILE)  # last: the summary marks a finished sweep (pipelines.rundir)
     return summary
+
+
+def findings_document(data: SweepData, config: StabilityConfig, results: list[KResult]) -> dict:
+    """findings.json: the recommended k with its reason and, per k, every cluster of seed 0 with
+    its size, bootstrap Jaccard (mean, standard error), verdict and dominant class."""
+    def per_cluster(result: KResult, name: str) -> list[float]:
+        return resample_column(result.bootstrap, name, len(np.unique(result.labels[0])))
+
+    recommendation = recommend_k({result.k: per_cluster(result, "mean_jaccard") for result in results})
+    per_k = [{"k": result.k, **recommendation["standing"][result.k],
+              "clusters": cluster_findings(result.labels[0], per_cluster(result, "mean_jaccard"),
+                                           per_cluster(result, "se_jaccard"), data.classes, data.class_names)}
+             for result in results]
+    return {"recommended_k": recommendation["k"], "runner_up": recommendation["runner_up"],
+            "reason": recommendation["reason"],
+            "rule": f"the largest k whose clusters all have mean bootstrap Jaccard >= {STABLE_JACCARD} "
+                    "(pipelines.findings)",
+            "bootstrap": {"protocol": config.bootstrap, "resamples": config.resamples},
+            "labels": data.classes is not None, "per_k": per_k}
+
+
+def assignments_table(data: SweepData, results: list[KResult]) -> pd.DataFrame:
+    """id, path, k, cluster: every point's cluster in the seed-0 partition of every k swept."""
+    paths = data.paths if data.paths is not None else np.full(len(data.ids), None, dtype=object)
+    return pd.DataFrame({
+        "id": np.tile(data.ids, len(results)).astype(np.int64),
+        "path": pd.array(np.tile(paths, len(results)), dtype="string"),
+        "k": np.repeat([result.k for result in results], len(data.ids)).astype(np.int64),
+        "cluster": np.concatenate([result.labels[0] for result in results]).astype(np.int64),
+    })
+
+
+def write_assignments(out: Path, table: pd.DataFrame) -> None:
+    with atomic_output(out / ASSIGNMENTS_PARQUET) as tmp:
+        table.to_parquet(tmp, index=False)
+    write_csv(table, out / ASSIGNMENTS_CSV)
 
 
 def compared_runs(config: StabilityConfig) -> list[Path]:

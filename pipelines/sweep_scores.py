@@ -50,10 +50,12 @@ class SweepData:
     class_names: list[str]  # by class index
     fingerprint: str  # names these rows: results of another table are refused
     source: str | None = None  # the feature table's path
+    paths: NDArray[np.object_] | None = None  # [n] image file of each point (None where unknown)
 
 
 def sweep_data(X: ArrayLike, *, ids: ArrayLike | None = None, classes: ArrayLike | None = None,
-               class_names: list[str] | None = None, source: str | None = None) -> SweepData:
+               class_names: list[str] | None = None, source: str | None = None,
+               paths: ArrayLike | None = None) -> SweepData:
     """Sweep input from arrays (``ids`` default to row numbers, class names to the class numbers)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2 or len(X) == 0:
@@ -64,16 +66,17 @@ def sweep_data(X: ArrayLike, *, ids: ArrayLike | None = None, classes: ArrayLike
         classes = classes if (classes >= 0).any() else None
     if class_names is None and classes is not None:
         class_names = [str(label) for label in range(classes.max() + 1)]
-    for name, column in (("ids", ids), ("classes", classes)):
+    paths = None if paths is None else np.asarray(paths, dtype=object)
+    for name, column in (("ids", ids), ("classes", classes), ("paths", paths)):
         if column is not None and column.shape != (len(X),):
             raise ValueError(f"{name} must have shape ({len(X)},), got {column.shape}")
-    return SweepData(X, ids, classes, list(class_names or []), content_fingerprint(X, ids, classes), source)
+    return SweepData(X, ids, classes, list(class_names or []), content_fingerprint(X, ids, classes), source, paths)
 
 
 def load_sweep_data(features: str | Path) -> SweepData:
     table = read_features(features)
     return sweep_data(table.X, ids=table.ids, classes=table.labels, class_names=table.class_names,
-                      source=str(Path(features).resolve()))
+                      source=str(Path(features).resolve()), paths=table.paths)
 
 
 def content_fingerprint(X: np.ndarray, ids: np.ndarray, classes: np.ndarray | None) -> str:
@@ -155,14 +158,16 @@ def resample_scores(X: np.ndarray, k: int, reference: np.ndarray,
     n = len(X)
     draws = (bootstrap_indices(n, config.resamples, BOOTSTRAP_SEED),
              subsample_indices(n, config.resamples, SUBSAMPLE_SEED, config.subsample_fraction))
-    bootstrap, subsample = (resample_summary(resample_stability(X, refit, reference, indices)) for indices in draws)
+    bootstrap, subsample = (resample_summary(resample_stability(X, refit, reference, indices, config.bootstrap))
+                            for indices in draws)
     return bootstrap, subsample
 
 
 def resample_summary(stability: dict) -> dict:
     """The JSON-able part of ``resample_stability``'s answer (the per-resample matrix is dropped)."""
     return {"cluster_ids": stability["cluster_ids"].tolist(), "mean_jaccard": stability["mean_jaccard"].tolist(),
-            "ari_mean": stability["ari_mean"], "ari_std": stability["ari_std"]}
+            "se_jaccard": stability["se_jaccard"].tolist(), "ari_mean": stability["ari_mean"],
+            "ari_std": stability["ari_std"], "n_resamples": stability["n_resamples"]}
 
 
 def sweep_sequential(X: ArrayLike, config: StabilityConfig, classes: ArrayLike | None = None) -> dict[int, KResult]:
@@ -224,13 +229,18 @@ def clusters_table(results: list[KResult]) -> pd.DataFrame:
     for result in results:
         # The Jaccard lists follow np.unique of the seed-0 labels too (resample_stability's order).
         cluster_ids, sizes = np.unique(result.labels[0], return_counts=True)
-        missing = [math.nan] * len(cluster_ids)
-        bootstrap = result.bootstrap["mean_jaccard"] if result.bootstrap else missing
-        subsample = result.subsample["mean_jaccard"] if result.subsample else missing
+        bootstrap, bootstrap_se = resample_column(result.bootstrap, "mean_jaccard", len(cluster_ids)), \
+            resample_column(result.bootstrap, "se_jaccard", len(cluster_ids))
+        subsample = resample_column(result.subsample, "mean_jaccard", len(cluster_ids))
         rows += [{"k": result.k, "cluster": int(cluster), "size": int(size), "bootstrap_jaccard": boot,
-                  "subsample_jaccard": sub, "verdict": verdict_of(boot)}
-                 for cluster, size, boot, sub in zip(cluster_ids, sizes, bootstrap, subsample)]
+                  "bootstrap_jaccard_se": se, "subsample_jaccard": sub, "verdict": verdict_of(boot)}
+                 for cluster, size, boot, se, sub in zip(cluster_ids, sizes, bootstrap, bootstrap_se, subsample)]
     return pd.DataFrame(rows)
+
+
+def resample_column(summary: dict | None, name: str, k: int) -> list[float]:
+    """One per-cluster list of a resample summary; NaN without resamples (or results saved before it)."""
+    return list((summary or {}).get(name) or [math.nan] * k)
 
 
 def contingency_table(data: SweepData, result: KResult) -> pd.DataFrame:

@@ -21,7 +21,9 @@ from pipelines.measures import (
     cluster_jaccard,
     clustering_accuracy,
     contingency,
+    distinct_in_order,
     hungarian_agreement,
+    jaccard_standard_error,
     jaccard_verdict,
     mean_jaccard_per_cluster,
     pairwise_seed_agreement,
@@ -183,8 +185,13 @@ def test_cluster_jaccard_known_answer():
     np.testing.assert_allclose(jaccard, [2 / 3, 2 / 3])
 
 
-def test_cluster_jaccard_marks_absent_cluster_nan():
+def test_cluster_jaccard_scores_an_absent_cluster_zero_as_clusterboot():
     jaccard = cluster_jaccard([0, 0, 1, 1, 2], [0, 1, 2, 3], [0, 0, 1, 1])
+    np.testing.assert_array_equal(jaccard, [1.0, 1.0, 0.0])
+
+
+def test_cluster_jaccard_can_mark_an_absent_cluster_nan():
+    jaccard = cluster_jaccard([0, 0, 1, 1, 2], [0, 1, 2, 3], [0, 0, 1, 1], absent=np.nan)
     np.testing.assert_array_equal(jaccard, [1.0, 1.0, np.nan])
 
 
@@ -193,16 +200,25 @@ def test_cluster_jaccard_refuses_out_of_range_indices():
         cluster_jaccard([0, 0, 1], [0, -1], [0, 1])
 
 
-def test_bootstrap_jaccard_and_mean_skip_absent():
-    reference = [0, 0, 1, 1, 2]
-    jaccard = bootstrap_jaccard(
-        reference,
-        [([0, 1, 2, 3], [0, 0, 1, 1]), ([0, 1, 2, 3, 4], [0, 1, 1, 1, 2])],
-    )
+RESAMPLES = [([0, 1, 2, 3], [0, 0, 1, 1]), ([0, 1, 2, 3, 4], [0, 1, 1, 1, 2])]
+
+
+@pytest.mark.parametrize("absent, singleton", [(0.0, (0 + 1) / 2), (np.nan, 1.0)], ids=["clusterboot", "skipped"])
+def test_bootstrap_jaccard_mean_with_an_absent_cluster(absent, singleton):
+    jaccard = bootstrap_jaccard([0, 0, 1, 1, 2], RESAMPLES, absent=absent)
     assert jaccard.shape == (2, 3)
-    # Cluster 2 is absent from the first resample: its mean is over the second only.
-    expected = [(1 + 1 / 2) / 2, (1 + 2 / 3) / 2, 1]
+    # Cluster 2 is absent from the first resample: clusterboot counts a 0, the old protocol skips it.
+    expected = [(1 + 1 / 2) / 2, (1 + 2 / 3) / 2, singleton]
     np.testing.assert_allclose(mean_jaccard_per_cluster(jaccard), expected)
+
+
+def test_jaccard_standard_error_known_answer():
+    jaccard = np.array([[1.0, 0.2], [0.5, np.nan], [0.0, np.nan]])
+    np.testing.assert_allclose(jaccard_standard_error(jaccard), [0.5 / np.sqrt(3), np.nan])
+
+
+def test_distinct_in_order_keeps_first_occurrences_as_r_unique():
+    assert distinct_in_order([4, 2, 4, 4, 0, 2]).tolist() == [4, 2, 0]
 
 
 @pytest.mark.parametrize(
@@ -272,3 +288,37 @@ def test_resample_stability_separates_blobs_from_noise(draw):
     assert on_blobs["ari_mean"] > 0.95
     assert on_noise["mean_jaccard"].mean() < on_blobs["mean_jaccard"].min() - 0.15
     assert on_noise["ari_mean"] < on_blobs["ari_mean"] - 0.15
+
+
+def test_the_clusterboot_protocol_refits_on_the_distinct_drawn_points():
+    X = np.arange(6, dtype=float)[:, None]
+    seen = {}
+
+    def fit_predict(X_resample, resample_no):
+        seen[resample_no] = X_resample[:, 0].tolist()
+        return (X_resample[:, 0] >= 3).astype(int)
+
+    indices = [np.array([0, 0, 1, 4, 4, 5]), np.array([5, 1, 5, 2, 1, 0])]
+    reference = np.array([0, 0, 0, 1, 1, 1])
+    duplicates = resample_stability(X, fit_predict, reference, indices, protocol="duplicates")
+    assert seen == {0: [0, 0, 1, 4, 4, 5], 1: [5, 1, 5, 2, 1, 0]}
+    clusterboot = resample_stability(X, fit_predict, reference, indices)
+    assert seen == {0: [0, 1, 4, 5], 1: [5, 1, 2, 0]}  # once each, in the order drawn (R's unique)
+    np.testing.assert_array_equal(clusterboot["jaccard"], duplicates["jaccard"])
+    np.testing.assert_array_equal(clusterboot["se_jaccard"], [0.0, 0.0])
+    with pytest.raises(ValueError, match="unknown bootstrap protocol"):
+        resample_stability(X, fit_predict, reference, indices, protocol="jitter")
+
+
+def test_an_outlier_cluster_is_doubtful_under_clusterboot_and_perfect_when_skipped():
+    # A lone far point is its own cluster; a bootstrap misses it with probability (1 - 1/n)^n ~ 0.37.
+    blobs, _ = make_blobs(60, centers=[[0, 0], [10, 0]], cluster_std=0.5, random_state=0)
+    X = np.vstack([blobs, [[100.0, 100.0]]])
+    reference = _kmeans(3)(X, 0)
+    outlier = np.searchsorted(np.unique(reference), reference[-1])
+    indices = bootstrap_indices(len(X), 40, 0)
+    kept = resample_stability(X, _kmeans(3), reference, indices)
+    skipped = resample_stability(X, _kmeans(3), reference, indices, protocol="duplicates")
+    assert skipped["mean_jaccard"][outlier] == 1.0
+    drawn = np.mean([len(X) - 1 in idx for idx in indices])
+    assert kept["mean_jaccard"][outlier] == pytest.approx(drawn)

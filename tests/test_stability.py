@@ -207,3 +207,61 @@ def test_the_stability_job_refuses_bad_input_in_one_line(tiny_features, tmp_path
     error = run_failing(stability_job.main, argv, capsys)
     assert error.startswith("featurelens stability: error:") and message in error, error
     assert not (tmp_path / "st").exists()
+
+
+# --- findings, assignments and the heatmap's k --------------------------------------------------
+
+
+def test_the_sweep_writes_its_findings_with_the_planted_k(blob_sweep):
+    findings = json.loads((blob_sweep.out / "findings.json").read_text())
+    assert findings["recommended_k"] == PLANTED_K and findings["reason"].startswith(f"k = {PLANTED_K} is the largest")
+    assert findings["bootstrap"] == {"protocol": "clusterboot", "resamples": SMALL["resamples"]}
+    assert [entry["k"] for entry in findings["per_k"]] == [2, 3, 4, 5]
+    planted = next(entry for entry in findings["per_k"] if entry["k"] == PLANTED_K)
+    assert planted["all_stable"] and len(planted["clusters"]) == PLANTED_K
+    for cluster in planted["clusters"]:
+        assert cluster["size"] == 60 and cluster["jaccard"] == 1.0 and cluster["jaccard_se"] == 0.0
+        assert (cluster["verdict"], cluster["purity"]) == ("highly stable", 1.0)
+    clusters = pd.read_csv(blob_sweep.out / "clusters.csv")
+    assert {"bootstrap_jaccard", "bootstrap_jaccard_se"} <= set(clusters.columns)
+    assert clusters["bootstrap_jaccard_se"].notna().all()
+
+
+def test_the_assignments_are_readable_with_plain_pandas(blob_sweep, blobs):
+    table = pd.read_parquet(blob_sweep.out / "assignments.parquet")
+    assert list(table.columns) == ["id", "path", "k", "cluster"] and len(table) == 4 * len(blobs.ids)
+    assert table["path"].isna().all()  # arrays have no files
+    labels = saved_labels(blob_sweep.out)
+    for k, rows in table.groupby("k"):
+        np.testing.assert_array_equal(rows["cluster"], labels[f"k={k:02d}"][0])
+        np.testing.assert_array_equal(rows["id"], labels["ids"])
+    pd.testing.assert_frame_equal(pd.read_csv(blob_sweep.out / "assignments.csv"),
+                                  table.astype({"path": object}).replace({pd.NA: np.nan}), check_dtype=False)
+
+
+def test_the_heatmap_is_drawn_at_the_number_of_classes_or_the_configured_k(blob_sweep):
+    assert "classes_k=04.png" in {path.name for path in (blob_sweep.out / "plots").iterdir()}  # 4 classes swept
+    assert stability.heatmap_k(StabilityConfig(k="2-5", heatmap_k=3), n_classes=4) == 3
+    assert stability.heatmap_k(StabilityConfig(k="2-5"), n_classes=4) == 4
+    assert stability.heatmap_k(StabilityConfig(k="2-5"), n_classes=40) == 2  # not swept: the smallest k
+
+
+def test_the_stability_job_runs_on_any_embedding_table_with_paths(ray_session, tmp_path, capsys):
+    """A table written by plain pyarrow, 64 wide, with only id, feature and path: no model, no labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, _ = make_blobs(n_samples=150, n_features=64, centers=3, random_state=2)
+    feature = pa.FixedSizeListArray.from_arrays(pa.array(X.astype(np.float32).ravel()), 64)
+    paths = [f"img/{i}.png" for i in range(150)]
+    pq.write_table(pa.table({"id": pa.array(np.arange(150) * 10, pa.int64()), "feature": feature, "path": paths}),
+                   tmp_path / "mine.parquet")
+    out = tmp_path / "st"
+    stability_job.main(["--features", str(tmp_path / "mine.parquet"), "--out", str(out), "--k", "2-4",
+                        "--seeds", "2", "--resamples", "5", "--silhouette-sample", "100"])
+    assert "featurelens stability:" in capsys.readouterr().out
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["recommended_k"] == 3 and findings["labels"] is False
+    assert "dominant_class" not in findings["per_k"][0]["clusters"][0]
+    table = pd.read_csv(out / "assignments.csv")
+    assert table.query("k == 3")["path"].tolist() == paths and table["id"].max() == 1490

@@ -1,0 +1,70 @@
+"""The recommended k and the per-cluster findings: known answers, and the planted k of blobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from threadpoolctl import threadpool_limits
+
+from pipelines.config import StabilityConfig
+from pipelines.findings import cluster_findings, dominant_class, natural_key, recommend_k
+from pipelines.sweep_scores import sweep_sequential
+
+
+def test_the_largest_all_stable_k_wins_over_a_more_stable_smaller_k():
+    found = recommend_k({2: [0.99, 0.99], 3: [0.8, 0.9, 0.76], 4: [0.9, 0.9, 0.9, 0.5]})
+    assert (found["k"], found["runner_up"]) == (3, 2)
+    assert "largest k whose 3 clusters are all stable" in found["reason"] and "at k = 4 only 3 of 4" in found["reason"]
+
+
+def test_without_an_all_stable_k_the_most_stable_clusters_win():
+    found = recommend_k({2: [0.9, 0.6], 3: [0.9, 0.8, 0.4], 4: [0.9, 0.8, 0.5, 0.55]})
+    assert (found["k"], found["runner_up"]) == (4, 3)  # 2 stable each; k=4's least is higher
+    assert found["reason"].startswith("No k has every cluster stable") and "2 of 4" in found["reason"]
+
+
+def test_the_largest_k_swept_says_to_sweep_further():
+    found = recommend_k({2: [0.9, 0.9], 3: [0.9, 0.9, 0.9]})
+    assert found["k"] == 3 and "sweep larger k" in found["reason"]
+
+
+def test_no_recommendation_without_resamples():
+    found = recommend_k({2: [np.nan, np.nan], 3: [np.nan] * 3})
+    assert found["k"] is None and found["runner_up"] is None and "resamples = 0" in found["reason"]
+
+
+def test_a_single_k_has_no_runner_up():
+    assert recommend_k({4: [0.9] * 4})["runner_up"] is None
+
+
+def test_cluster_findings_known_answer():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    classes = np.array([1, 1, 0, 2, 2, -1])
+    found = cluster_findings(labels, [0.9, 0.7, np.nan], [0.01, 0.02, np.nan], classes, ["a", "b", "c"])
+    assert found[0] == {"cluster": 0, "size": 3, "jaccard": 0.9, "jaccard_se": 0.01, "verdict": "highly stable",
+                        "dominant_class": "b", "purity": 0.6667, "labelled": 3}
+    assert (found[1]["verdict"], found[1]["dominant_class"], found[1]["purity"]) == ("doubtful", "c", 1.0)
+    assert found[2]["jaccard"] is None and found[2]["verdict"] is None and found[2]["dominant_class"] is None
+    assert "dominant_class" not in cluster_findings(labels, [0.9] * 3, [0.0] * 3)[0]
+
+
+def test_dominant_class_without_names_uses_the_number():
+    assert dominant_class(np.array([3, 3]), [])["dominant_class"] == "3"
+
+
+def test_natural_sort_puts_s2_before_s10():
+    assert sorted(["s10", "s2", "s1", "s21", "s3"], key=natural_key) == ["s1", "s2", "s3", "s10", "s21"]
+
+
+@pytest.mark.parametrize("planted", [5])
+def test_the_recommended_k_is_the_planted_k_of_well_separated_blobs(planted):
+    X, y = make_blobs(n_samples=400, n_features=4, centers=planted, cluster_std=1.0, center_box=(-20, 20),
+                      random_state=1)
+    config = StabilityConfig(k="2-8", seeds=2, resamples=20, silhouette_sample=200)
+    with threadpool_limits(1):
+        results = sweep_sequential(X, config, y)
+    found = recommend_k({k: result.bootstrap["mean_jaccard"] for k, result in results.items()})
+    assert found["k"] == planted, found
+    # Above the planted k a blob is split, and the split does not survive resampling.
+    assert not any(found["standing"][k]["all_stable"] for k in range(planted + 1, 9))
