@@ -55,6 +55,21 @@ def tiny_run(ray_session, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reference_training(ray_session, faces_dir, tmp_path_factory):
+    """(data, config, result) of one uninterrupted Ray Train run on an image folder: 3 epochs of
+    1 worker, seed fixed. The resume and fault tests end their own runs of the same config with
+    these very weights. An image folder reaches the worker as many small blocks decoded by
+    parallel Ray Data tasks, which finish in another order on each run; at 56x46 an epoch lasts
+    long enough for a worker to be killed inside one."""
+    from pipelines.config import DataConfig, TrainConfig
+    from pipelines.train import train
+
+    data = DataConfig(dataset="images", data_dir=str(faces_dir), image_size="56x46")
+    config = TrainConfig(epochs=3, workers=1, batch_size=32, seed=3, max_failures=1)
+    return data, config, train(data, config, tmp_path_factory.mktemp("reference") / "train")
+
+
+@pytest.fixture(scope="session")
 def tiny_features(tiny_run, tmp_path_factory) -> Path:
     """The feature table (a folder of Parquet files) of ``tiny_run``'s encoder over the first
     1,000 Fashion-MNIST test images, extracted once by Ray Data for the tests that share it."""
