@@ -10,9 +10,8 @@ KMeans into ``k_re`` groups. The description is the method:
   ``k = 2``, where it equals the share of the class in cluster 1 and the method
   agrees with ``membership``. It is refused for ``k > 2``.
 
-The seed code also assigned each image to the argmax of
-``KMeans.fit_transform`` distances, i.e. the *farthest* centroid;
-:func:`nearest_centroid` is the correct assignment.
+(The seed code also assigned each image to the argmax of ``KMeans.fit_transform``
+distances, the *farthest* centroid; the clusterers here return labels, the nearest.)
 
 :func:`co_assignment` and :func:`recurring_groups` summarise the groupings of
 many seeds.
@@ -28,28 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.cluster import KMeans
-from sklearn.metrics import pairwise_distances_argmin
 
 from pipelines.measures import check_label_pair, check_labels
-
-
-def nearest_centroid(X: ArrayLike, centroids: ArrayLike) -> NDArray[np.intp]:
-    """Assign every point to its nearest centroid.
-
-    ``KMeans.fit_transform`` returns distances, so its argmax is the farthest
-    centroid; the assignment is the argmin.
-
-    Parameters
-    ----------
-    X : array-like of shape (n_points, n_features)
-    centroids : array-like of shape (k, n_features)
-
-    Returns
-    -------
-    ndarray of shape (n_points,)
-        Index of the centroid with the smallest squared Euclidean distance.
-    """
-    return pairwise_distances_argmin(X, centroids, metric="sqeuclidean")
 
 
 def class_cluster_table(

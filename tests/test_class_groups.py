@@ -2,14 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.cluster import KMeans
 
 from pipelines.class_groups import (
     canonical_partition,
     class_cluster_table,
     co_assignment,
     membership,
-    nearest_centroid,
     recluster_classes,
     recurring_groups,
 )
@@ -41,25 +39,6 @@ def planted():
     centres = np.array([[0.0, 0.0], [1.0, 0.0], [20.0, 20.0], [21.0, 20.0]])
     noise = np.random.default_rng(0).normal(scale=0.1, size=(cluster_labels.size, 2))
     return class_labels, cluster_labels, centres[cluster_labels] + noise
-
-
-def test_nearest_centroid_is_argmin_not_argmax():
-    X = np.array([[1.0], [9.0]])
-    centroids = np.array([[0.0], [10.0]])
-    np.testing.assert_array_equal(nearest_centroid(X, centroids), [0, 1])
-    # The seed code's assignment: argmax of the distances picks the farthest centroid.
-    distances = np.linalg.norm(X[:, None, :] - centroids[None, :, :], axis=2)
-    np.testing.assert_array_equal(distances.argmax(axis=1), [1, 0])
-
-
-def test_nearest_centroid_matches_kmeans_labels():
-    X = np.array([[0.0, 0.0], [0.5, 0.0], [10.0, 10.0], [10.5, 10.0], [0.0, 10.0]])
-    kmeans = KMeans(n_clusters=3, n_init=1, random_state=0).fit(X)
-    distances = kmeans.transform(X)  # what fit_transform returns
-    np.testing.assert_array_equal(nearest_centroid(X, kmeans.cluster_centers_), kmeans.labels_)
-    np.testing.assert_array_equal(distances.argmin(axis=1), kmeans.labels_)
-    # The farthest centroid is never the point's own.
-    assert (distances.argmax(axis=1) != kmeans.labels_).all()
 
 
 def test_class_cluster_table_and_membership():

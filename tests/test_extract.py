@@ -5,6 +5,7 @@ first 1,000 Fashion-MNIST test images, extracted once per session."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shutil
@@ -59,7 +60,10 @@ def test_metadata_names_model_source_and_code(tiny_features, tiny_run):
     )  # fmt: skip
     assert metadata["num_rows"] == TINY_ROWS and metadata["skipped"] == []
     assert metadata["class_names"] == list(FASHION_MNIST_CLASSES)
-    assert metadata["code_version"] and metadata["git_commit"] and metadata["created_at"].endswith("+00:00")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert metadata["git_commit"] == head.stdout.strip()  # the checkout that wrote the table
+    assert metadata["code_version"] == importlib.metadata.version("featurelens")
+    assert metadata["created_at"].endswith("+00:00")
 
 
 def test_table_is_plain_arrow_for_pyarrow_and_pandas_without_ray(tiny_features):

@@ -1,7 +1,6 @@
-"""The pipeline job end to end on a tiny real run, its resume rules, and the report in a browser."""
+"""The pipeline job end to end on a tiny real run and its resume rules (the report: tests/test_report.py)."""
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -10,8 +9,6 @@ import pytest
 
 from pipelines.config import DataConfig, ExtractConfig, ReclusterConfig, StabilityConfig, TrainConfig
 from pipelines.pipeline import PipelineConfig, run_pipeline
-
-REPORT_SECTIONS = ["Run", "Data", "Training", "Cluster stability", "Class re-clustering", "Decoded cluster prototypes"]
 
 
 def tiny_config() -> PipelineConfig:
@@ -36,7 +33,8 @@ def pipeline_run(tiny_run, tmp_path_factory):
 def test_every_stage_leaves_its_output_and_time(pipeline_run):
     stages = json.loads((pipeline_run / "stages.json").read_text())
     assert list(stages) == ["extract", "stability", "recluster", "report"]  # train was already done
-    assert all(info["seconds"] >= 0 and info["summary"] for info in stages.values())
+    assert all(info["seconds"] > 0 and info["summary"] for info in stages.values())
+    assert "feature rows" in stages["extract"]["summary"] and "report at" in stages["report"]["summary"]
     for path in ("config.toml", "features", "stability/summary.csv", "recluster/groups.json", "report/report.html", "report/report.md"):
         assert (pipeline_run / path).exists(), path
     assert "epochs = 2" in (pipeline_run / "config.toml").read_text()
@@ -64,40 +62,6 @@ def test_from_stage_recomputes_that_stage_and_later(pipeline_run):
     run_pipeline(tiny_config(), pipeline_run, from_stage="report")
     assert (pipeline_run / "features").stat().st_mtime == features_mtime
     assert (pipeline_run / "report" / "report.html").stat().st_mtime > report_mtime
-
-
-def test_report_markdown_has_every_section(pipeline_run):
-    text = (pipeline_run / "report" / "report.md").read_text()
-    for title in REPORT_SECTIONS:
-        assert f"## {title}\n" in text, title
-    # Every row of a table has its header's columns: a "|" inside a cell (the re-clustered
-    # partition "{a} | {b}" in the stage summaries) is escaped.
-    for table in re.findall(r"(?:^\|.*\|\n)+", text, flags=re.M):
-        widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table.splitlines()}
-        assert len(widths) == 1, table
-
-
-def test_report_renders_in_headless_chromium_with_all_its_figures(pipeline_run):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
-        driver.get((pipeline_run / "report" / "report.html").as_uri())
-        headings = [h.text for h in driver.find_elements("tag name", "h2")]
-        assert headings == REPORT_SECTIONS
-        images = driver.find_elements("tag name", "img")
-        assert len(images) >= 6
-        for image in images:  # every figure decoded and laid out
-            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
-        assert driver.find_elements("css selector", "table")
-    finally:
-        driver.quit()
 
 
 def test_pipeline_help_shows_every_option_with_its_default():
