@@ -17,6 +17,8 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 TRAIN_MODES = ("autoencoder", "classifier")
 LR_SCHEDULES = ("step", "cosine")
 AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
+CORRUPTIONS = ("none", "gaussian", "salt", "mask")
+CORRUPT_LEVELS = {"gaussian": 0.2, "salt": 0.2, "mask": 0.5}  # each corruption's default corrupt_level
 TRANSFORM_STEPS = ("standardize", "l2", "pca", "pca-whiten", "umap")
 CLUSTERERS = ("kmeans", "gmm")
 GMM_COVARIANCES = ("full", "diag", "tied", "spherical")
@@ -145,6 +147,26 @@ class TrainConfig:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
         if self.freeze_encoder and self.mode != "classifier":
             raise ValueError("freeze_encoder applies to mode classifier only")
+        self.check_recipe()
+
+    def check_recipe(self) -> None:
+        check_choice("corrupt", self.corrupt, CORRUPTIONS)
+        for name in ("code_dim", "mask_patch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("consistency", "clusters", "cluster_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.corrupt_level is not None and not 0.0 <= self.corrupt_level <= 1.0:
+            raise ValueError(f"corrupt_level must be in [0, 1], got {self.corrupt_level}")
+        if self.clusters and not self.init_from:
+            raise ValueError("clusters (cluster refinement) starts from a trained autoencoder: set init_from")
+        if self.mode != "autoencoder" and (self.corrupt != "none" or self.consistency or self.clusters):
+            raise ValueError("corrupt, consistency and clusters apply to mode autoencoder only")
+
+    @property
+    def corruption_level(self) -> float:
+        return CORRUPT_LEVELS.get(self.corrupt, 0.0) if self.corrupt_level is None else self.corrupt_level
 
     @property
     def learning_rate(self) -> float:
@@ -248,6 +270,9 @@ class StabilityConfig:
     @property
     def k_values(self) -> list[int]:
         return parse_k(self.k)
+
+
+RECLUSTER_METHODS = ("membership", "centroid", "seed")
 
 
 @dataclass

@@ -4,7 +4,8 @@ The family rule, for an input of ``channels`` x H x W:
 
 * stride-2 3x3 convolutions halve the image (rounding up) until both sides are at most 7;
   their widths are 32, 128, then 256 for every further stage;
-* a last convolution whose kernel is the remaining H' x W' maps to the 512-d code (1x1 spatial);
+* a last convolution whose kernel is the remaining H' x W' maps to the code (1x1 spatial; 512-d in
+  the seed, ``code_dim`` wide in general);
 * the decoder mirrors it with transposed convolutions, each ``output_padding`` chosen so that
   every stage gives back exactly the size the encoder took in; a Sigmoid ends it (pixels in [0, 1]).
 
@@ -47,6 +48,7 @@ class ModelSpec:
     num_classes: int = 10
     code_dim: int = CODE_DIM
     dropout: float = 0.5  # the classifier head's (nn.Dropout's default, as in the seed); no weights
+    clusters: int = 0  # cluster refinement (IDEC): centroids in the code space; 0: none (the seed)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -127,6 +129,9 @@ class Autoencoder(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(spec.code_dim, 64), nn.ReLU(), nn.Dropout(spec.dropout), nn.Linear(64, spec.num_classes)
         )
+        # Only a refinement model has them: the seed's weights (and fingerprints) are unchanged.
+        if spec.clusters:
+            self.centroids = nn.Parameter(torch.zeros(spec.clusters, spec.code_dim))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (N, C, H, W) in [0, 1] -> (reconstructions, codes)."""

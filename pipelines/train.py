@@ -46,24 +46,119 @@ LOCAL_SHUFFLE_BUFFER = 4096
 # --- plain PyTorch: one epoch, one evaluation ------------------------------------------------
 
 
+class AutoencoderNetwork(nn.Module):
+    """Encoder, decoder and (cluster refinement) the centroids, in one forward pass:
+    images -> (reconstructions, codes, soft cluster assignments or None)."""
+
+    def __init__(self, model: Autoencoder) -> None:
+        super().__init__()
+        self.encoder, self.decoder = model.encoder, model.decoder
+        self.centroids = getattr(model, "centroids", None)  # the model's own parameter, when it has one
+
+    def forward(self, inputs: torch.Tensor):
+        codes = self.encoder(inputs)
+        assignments = None if self.centroids is None else soft_assignment(codes, self.centroids)
+        return self.decoder(codes), codes, assignments
+
+
 def training_network(model: Autoencoder, mode: str) -> nn.Module:
-    """The part of the model a mode trains: encoder+decoder, or encoder+classifier.
+    """The part of the model a mode trains: encoder+decoder (+centroids), or encoder+classifier.
 
     Data parallelism wraps only this, so that every parameter it holds takes part in the
     forward pass (DDP needs that) and the unused head is left alone."""
-    head = model.decoder if mode == "autoencoder" else model.classifier
-    return nn.Sequential(model.encoder, head)
+    if mode == "autoencoder":
+        return AutoencoderNetwork(model)
+    return nn.Sequential(model.encoder, model.classifier)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the autoencoder's loss adds to plain reconstruction (TrainConfig's recipe options)."""
+
+    corrupt: str = "none"  # see corrupt_images
+    level: float = 0.0
+    mask_patch: int = 4
+    consistency: float = 0.0  # weight of the shift-consistency term
+    cluster_weight: float = 0.0  # weight of the IDEC term (0 unless the model has centroids)
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "Recipe":
+        return cls(config.corrupt, config.corruption_level, config.mask_patch, config.consistency,
+                   config.cluster_weight if config.clusters else 0.0)
+
+
+PLAIN = Recipe()
 
 
 def batch_loss(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, mode: str,
-               label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean loss of one batch: per-pixel MSE, or cross-entropy on the logits (against labels
-    smoothed by ``label_smoothing``)."""
-    inputs = scale_images(images)
-    outputs = network(inputs)
+               label_smoothing: float = 0.0, recipe: Recipe = PLAIN) -> torch.Tensor:
+    """Mean loss of one batch: the autoencoder's (see :func:`autoencoder_loss`), or cross-entropy on
+    the logits (against labels smoothed by ``label_smoothing``)."""
     if mode == "autoencoder":
-        return nn.functional.mse_loss(outputs, inputs)
-    return nn.functional.cross_entropy(outputs, labels, label_smoothing=label_smoothing)
+        return autoencoder_loss(network, images, recipe)
+    return nn.functional.cross_entropy(network(scale_images(images)), labels, label_smoothing=label_smoothing)
+
+
+def autoencoder_loss(network: nn.Module, images: torch.Tensor, recipe: Recipe = PLAIN) -> torch.Tensor:
+    """Per-pixel MSE of the reconstruction of the (corrupted) inputs against the clean images; with
+    ``recipe.consistency``, the batch also holds each image shifted (augment_images "shift") and
+    ``consistency x mean(1 - cos(code, code of the shifted image))`` is added; with centroids,
+    ``cluster_weight x KL(P || Q)`` (IDEC, :func:`cluster_loss`)."""
+    clean = scale_images(images)
+    if recipe.consistency:
+        clean = torch.cat([clean, scale_images(augment_images(images, "shift"))])
+    reconstructions, codes, assignments = network(corrupt_images(clean, recipe))
+    loss = nn.functional.mse_loss(reconstructions, clean)
+    if recipe.consistency:
+        first, second = codes.chunk(2)
+        loss = loss + recipe.consistency * (1 - nn.functional.cosine_similarity(first, second)).mean()
+    if recipe.cluster_weight and assignments is not None:
+        loss = loss + recipe.cluster_weight * cluster_loss(assignments)
+    return loss
+
+
+def corrupt_images(inputs: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """Float images (N, C, H, W) in [0, 1], corrupted: ``gaussian`` adds noise of std ``level``
+    (clipped to [0, 1]); ``salt`` sets a ``level`` share of the pixels to 0 or 1 (half each);
+    ``mask`` zeroes ``round(level x patches)`` of each image's ``mask_patch``-square patches."""
+    if recipe.corrupt == "gaussian":
+        return (inputs + recipe.level * torch.randn_like(inputs)).clamp_(0.0, 1.0)
+    if recipe.corrupt == "salt":
+        hit = torch.rand_like(inputs) < recipe.level
+        return torch.where(hit, (torch.rand_like(inputs) < 0.5).to(inputs.dtype), inputs)
+    if recipe.corrupt == "mask":
+        return inputs.masked_fill(patch_mask(inputs.shape, recipe.level, recipe.mask_patch, inputs.device), 0.0)
+    return inputs
+
+
+def patch_mask(shape, share: float, patch: int, device=None) -> torch.Tensor:
+    """Boolean (N, 1, H, W), True where zeroed: per image, ``round(share x patches)`` of the
+    ``patch``-square cells of a grid over the image (edge cells cropped), drawn at random."""
+    n, _, height, width = shape
+    rows, cols = -(-height // patch), -(-width // patch)
+    ranks = torch.rand(n, rows * cols, device=device).argsort(1).argsort(1)
+    cells = (ranks < round(share * rows * cols)).view(n, rows, cols)
+    full = cells.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+    return full[:, None, :height, :width]
+
+
+def soft_assignment(codes: torch.Tensor, centroids: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """DEC's Q: q_ij proportional to (1 + |z_i - mu_j|^2 / alpha)^(-(alpha + 1) / 2) (Student's t)."""
+    q = (1.0 + torch.cdist(codes, centroids).pow(2) / alpha).pow(-(alpha + 1.0) / 2.0)
+    return q / q.sum(1, keepdim=True)
+
+
+def target_distribution(q: torch.Tensor) -> torch.Tensor:
+    """DEC's sharpened target P: p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'), f_j = sum_i q_ij."""
+    weight = q.pow(2) / q.sum(0)
+    return weight / weight.sum(1, keepdim=True)
+
+
+def cluster_loss(q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) per image, P the batch's own target (held fixed: no gradient through it). IDEC
+    refreshes P over the whole data every T steps; here each batch's P is its own (T = 1)."""
+    p = target_distribution(q.detach())
+    return nn.functional.kl_div(q.clamp_min(1e-12).log(), p, reduction="batchmean")
 
 
 SHIFT_PIXELS = 2
@@ -89,10 +184,11 @@ def augment_images(images: torch.Tensor, augment: str) -> torch.Tensor:
 
 def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.optim.Optimizer, mode: str,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                augment: str = "none", label_smoothing: float = 0.0) -> tuple[float, int]:
+                augment: str = "none", label_smoothing: float = 0.0, recipe: Recipe = PLAIN) -> tuple[float, int]:
     """One pass over ``batches`` ({"image": uint8, "label": int64}); returns (sum of losses, images).
     ``scheduler`` (see :func:`build_optimizer`) steps after every optimizer step; ``augment``
-    (see :func:`augment_images`) applies to the training images only.
+    (see :func:`augment_images`) applies to the training images only; ``recipe`` to the
+    autoencoder's loss (see :func:`autoencoder_loss`).
 
     The loss is summed where it is computed and read once at the end: a ``.item()`` per step
     would make a GPU wait for every step before the next one is queued (BENCHMARKS.md)."""
@@ -100,7 +196,7 @@ def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.op
     loss_sum, seen = None, 0
     for batch in batches:
         images, labels = augment_images(batch["image"], augment), batch.get("label")
-        loss = batch_loss(network, images, None if labels is None else labels.long(), mode, label_smoothing)
+        loss = batch_loss(network, images, None if labels is None else labels.long(), mode, label_smoothing, recipe)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -123,6 +219,7 @@ def evaluate(network: nn.Module, batches: Iterable[dict], mode: str) -> tuple[fl
         inputs = scale_images(images)
         outputs = network(inputs)
         if mode == "autoencoder":
+            outputs = outputs[0]  # the reconstructions of the clean images
             batch_sum = nn.functional.mse_loss(outputs, inputs, reduction="sum").double() / inputs[0].numel()
         else:
             batch_sum = nn.functional.cross_entropy(outputs, labels, reduction="sum").double()
@@ -325,7 +422,8 @@ def run_epoch(worker: Worker, batches: ShardBatches, epoch: int, config: TrainCo
     """One training epoch and one evaluation; the metrics summed over every worker."""
     started, cpu_started = time.perf_counter(), time.process_time()
     train_loss, train_seen = train_epoch(worker.network, batches("train", epoch), worker.optimizer, config.mode,
-                                         worker.scheduler, config.augment, config.label_smoothing)
+                                         worker.scheduler, config.augment, config.label_smoothing,
+                                         recipe=Recipe.of(config))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     test_loss, correct, test_seen = evaluate(worker.network, batches("test", None), config.mode)
     train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds = sum_over_workers(
@@ -450,8 +548,10 @@ def ingest_options():
     return options
 
 
-def initial_model(spec: ModelSpec, config: TrainConfig) -> Autoencoder:
-    """Fresh weights (seeded), with the encoder of ``init_from`` when transferring."""
+def initial_model(spec: ModelSpec, config: TrainConfig, images=None) -> Autoencoder:
+    """Fresh weights (seeded), with the encoder of ``init_from`` when transferring; for cluster
+    refinement (``config.clusters``) its decoder too, and centroids from KMeans of the codes of
+    ``images`` (uint8, the training images)."""
     torch.manual_seed(config.seed)
     model = Autoencoder(spec)
     if config.init_from:
@@ -464,7 +564,37 @@ def initial_model(spec: ModelSpec, config: TrainConfig) -> Autoencoder:
         model.encoder.load_state_dict(source.encoder.state_dict())
         if config.mode == "autoencoder":  # the classifier's head is kept for the way back
             model.classifier.load_state_dict(source.classifier.state_dict())
+        if config.clusters:  # refinement continues the autoencoder it starts from
+            model.decoder.load_state_dict(source.decoder.state_dict())
+    if config.clusters:
+        if images is None:
+            raise ValueError("cluster refinement needs the training images to place its centroids")
+        init_centroids(model, images, config.seed)
     return model
+
+
+@torch.no_grad()
+def encode(model: Autoencoder, images, batch_size: int = 1024) -> torch.Tensor:
+    """Codes (N, code_dim) of uint8 images (N, H, W[, C]), in eval mode."""
+    model.eval()
+    chunks = (torch.from_numpy(np.array(images[i : i + batch_size])) for i in range(0, len(images), batch_size))
+    return torch.cat([model.encoder(scale_images(chunk)) for chunk in chunks])
+
+
+@torch.no_grad()
+def init_centroids(model: Autoencoder, images, seed: int) -> None:
+    """IDEC's start: the model's centroids are KMeans's (10 starts) of the codes of ``images``."""
+    from sklearn.cluster import KMeans
+
+    codes = encode(model, images).numpy()
+    kmeans = KMeans(n_clusters=model.spec.clusters, n_init=10, random_state=seed).fit(codes)
+    model.centroids.copy_(torch.from_numpy(kmeans.cluster_centers_).float())
+
+
+def source_images(source: ImageSource) -> np.ndarray:
+    """Every image of ``source`` as one uint8 array (for the centroids of cluster refinement)."""
+    batches = source.dataset.select_columns(["image"]).iter_batches(batch_size=8192, batch_format="numpy")
+    return np.concatenate([np.asarray(batch["image"]) for batch in batches])
 
 
 def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainResult:
@@ -485,7 +615,7 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
         width=train_source.width,
         channels=train_source.channels,
         num_classes=max(1, train_source.num_classes),
-        dropout=config.classifier_dropout,
+        dropout=config.classifier_dropout, code_dim=config.code_dim, clusters=config.clusters,
     )
     done = read_metrics(run_dir)
     if (run_dir / MODEL_FILE).exists() and done and done[-1]["epoch"] >= config.epochs:
@@ -496,7 +626,8 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
     if data.on_bad_image == "skip":
         write_skipped_images(run_dir / SKIPPED_IMAGES_FILE, train_source.skipped + test_source.skipped)
     plan = WorkerPlan(
-        config=config, spec=spec, initial_state=initial_model(spec, config).state_dict(), threads=threads,
+        config=config, spec=spec, threads=threads,
+        initial_state=initial_model(spec, config, source_images(train_source) if config.clusters else None).state_dict(),
         run_dir=str(run_dir), train_images=train_source.num_images,
         shard_bytes=(train_source.num_images + test_source.num_images)
         * (spec.height * spec.width * spec.channels + (8 if config.mode == "classifier" else 0)),
