@@ -142,3 +142,110 @@ def dominant_class(classes: np.ndarray, class_names: Sequence[str]) -> dict:
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN: unknown numbers are written as null."""
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+# --- attributes: what the clusters mean ----------------------------------------------------------
+
+ENRICHED_P = 0.05  # Benjamini-Hochberg adjusted p-values at or below: the cluster is enriched
+NUMERIC_MIN_VALUES = 10  # a numeric column with fewer distinct values is treated as categories
+
+
+def benjamini_hochberg(p_values: ArrayLike) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (the false discovery rate of each test's cut-off).
+
+    >>> benjamini_hochberg([0.01, 0.04, 0.03, 0.5]).round(4).tolist()
+    [0.04, 0.0533, 0.0533, 0.5]
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.size == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * p.size / np.arange(1, p.size + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]  # monotone from the largest p down
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def enrichment_p(in_cluster_with: int, cluster_size: int, total_with: int, total: int) -> float:
+    """P(at least ``in_cluster_with`` of a cluster's ``cluster_size`` points carry the value) when
+    ``total_with`` of ``total`` do: the hypergeometric tail, i.e. Fisher's exact test, one-sided.
+
+    >>> f"{enrichment_p(5, 5, 10, 100):.4g}"  # C(10, 5) / C(100, 5)
+    '3.347e-06'
+    """
+    from scipy.stats import hypergeom
+
+    return float(hypergeom.sf(in_cluster_with - 1, total, total_with, cluster_size))
+
+
+def categorical_enrichment(labels: ArrayLike, values: Sequence) -> list[dict]:
+    """Every (cluster, value) of one categorical attribute: counts, share, fold over the base rate,
+    one-sided p-value and its Benjamini-Hochberg adjustment over all the pairs. Points whose value
+    is missing (None) are left out."""
+    labels, values = np.asarray(labels), np.asarray(values, dtype=object)
+    known = np.array([value is not None for value in values])
+    labels, values = labels[known], values[known].astype(str)
+    tests = []
+    for value in sorted(set(values.tolist()), key=natural_key):
+        carriers = values == value
+        for cluster in np.unique(labels):
+            members = labels == cluster
+            hits = int((carriers & members).sum())
+            tests.append({"cluster": int(cluster), "value": value, "count": hits, "cluster_size": int(members.sum()),
+                          "share": round(hits / members.sum(), 4),
+                          "fold": round((hits / members.sum()) / (carriers.sum() / len(values)), 4),
+                          "p": enrichment_p(hits, int(members.sum()), int(carriers.sum()), len(values))})
+    for test, adjusted in zip(tests, benjamini_hochberg([test["p"] for test in tests])):
+        test["p_adjusted"] = float(adjusted)
+    return tests
+
+
+def is_numeric(values: Sequence) -> bool:
+    """Numbers with at least NUMERIC_MIN_VALUES distinct values (fewer: categories, e.g. 0/1 answers)."""
+    known = [value for value in values if value is not None]
+    try:
+        numbers = np.asarray(known, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return bool(known) and len(np.unique(numbers)) >= NUMERIC_MIN_VALUES
+
+
+def attribute_findings(labels: ArrayLike, attributes: Mapping[str, Sequence]) -> dict:
+    """One partition against every attribute: per categorical attribute its NMI and ARI with the
+    clusters and the enriched (cluster, value) pairs; per numeric attribute each cluster's mean."""
+    from pipelines.measures import adjusted_rand_index, normalized_mutual_information
+
+    labels = np.asarray(labels)
+    found: dict = {"categorical": {}, "numeric": {}}
+    for name, column in attributes.items():
+        column = np.asarray(column, dtype=object)
+        known = np.array([value is not None for value in column])
+        if not known.any():
+            continue
+        if is_numeric(column):
+            numbers = np.where(known, column, np.nan).astype(float)
+            found["numeric"][name] = {int(c): finite_or_none(np.nanmean(numbers[labels == c])) if
+                                      np.isfinite(numbers[labels == c]).any() else None for c in np.unique(labels)}
+            continue
+        codes = np.unique(column[known].astype(str), return_inverse=True)[1]
+        tests = categorical_enrichment(labels, column)
+        found["categorical"][name] = {
+            "nmi": normalized_mutual_information(codes, labels[known]), "ari": adjusted_rand_index(codes, labels[known]),
+            "enriched": sorted((test for test in tests if test["p_adjusted"] <= ENRICHED_P and test["fold"] > 1),
+                               key=lambda test: test["p_adjusted"])}
+    return found
+
+
+def attributes_from_pattern(paths: Sequence[str | None], pattern: str) -> dict[str, list[str | None]]:
+    """Named groups of ``pattern`` searched in each path: one attribute per group (None where the
+    path is missing or does not match).
+
+    >>> attributes_from_pattern(["faces/s1/3.pgm", None], r"/s(?P<person>\\d+)/")
+    {'person': ['1', None]}
+    """
+    regex = re.compile(pattern)
+    if not regex.groupindex:
+        raise ValueError(f"attribute_pattern {pattern!r} has no named group, e.g. (?P<person>\\d+)")
+    matches = [regex.search(path) if path is not None else None for path in paths]
+    return {name: [match[name] if match else None for match in matches] for name in regex.groupindex}

@@ -580,10 +580,8 @@ def resample_stability(
     """Refit the clusterer on resamples of the points and score the reference clusters.
 
     Seed-only stability (:func:`pairwise_seed_agreement`) on large ``n`` mostly
-    measures the clusterer's initialisation: every run sees the same points, so
-    runs that agree only show that the optimiser lands in the same place.
-    Resampling perturbs the data itself, which tests whether a cluster is a
-    property of the distribution rather than of this sample.
+    measures the clusterer's initialisation; resampling perturbs the data itself,
+    which tests whether a cluster is a property of the distribution, not of this sample.
 
     ``X`` (n_points, ...): the points, rows selected with ``X[indices]``;
     ``fit_predict(X_resample, resample_no) -> labels``, ``resample_no`` (0, 1, ...)

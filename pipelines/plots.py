@@ -1,4 +1,4 @@
-"""Figures of the training stage, written as PNG files (the report embeds them)."""
+"""Figures of the stages, written as PNG files (the report embeds them)."""
 
 from __future__ import annotations
 
@@ -71,12 +71,13 @@ def stability_vs_k(summary, path: str | Path, title: str = "") -> Path:
                                          ("subsample_ari", "ARI on subsamples")])]
     if with_classes:
         panels.append((axes[0][1], "agreement with classes", [("acc", "ACC"), ("nmi", "NMI"), ("class_ari", "ARI")]))
+    positions = np.arange(len(summary))  # k as categories: 2..10 and 40 alike get room
     for ax, ylabel, columns in panels:
         for column, label in columns:
-            ax.errorbar(summary["k"], summary[f"{column}_mean"], yerr=summary[f"{column}_std"], marker="o",
+            ax.errorbar(positions, summary[f"{column}_mean"], yerr=summary[f"{column}_std"], marker="o",
                         capsize=3, label=label)
         ax.set(xlabel="k", ylabel=ylabel, ylim=(-0.05, 1.05))
-        ax.set_xticks(summary["k"])
+        ax.set_xticks(positions, [str(k) for k in summary["k"]])
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
@@ -93,15 +94,18 @@ def cluster_jaccard(clusters, path: str | Path, title: str = "") -> Path:
     from pipelines.measures import jaccard_verdict
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ks = sorted(clusters["k"].unique())
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(clusters))
-    ax.scatter(clusters["k"] + jitter, clusters["bootstrap_jaccard"], s=18, alpha=0.8)
+    positions = clusters["k"].map({k: position for position, k in enumerate(ks)}) + jitter  # k as categories
+    se = clusters["bootstrap_jaccard_se"] if "bootstrap_jaccard_se" in clusters else None
+    ax.errorbar(positions, clusters["bootstrap_jaccard"], yerr=se, fmt="o", ms=4, alpha=0.8, elinewidth=0.8)
     for bound in HENNIG_BOUNDS:
         ax.axhline(bound, color="grey", lw=0.7, ls="--")
     for low, high in zip((0.0, *HENNIG_BOUNDS), (*HENNIG_BOUNDS, 1.0)):
         ax.text(1.01, (low + high) / 2, jaccard_verdict((low + high) / 2), fontsize=7, va="center",
                 transform=ax.get_yaxis_transform())
     ax.set(xlabel="k", ylabel="mean bootstrap Jaccard (seed-0 clusters)", ylim=(-0.02, 1.02), title=title)
-    ax.set_xticks(sorted(clusters["k"].unique()))
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 

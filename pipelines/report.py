@@ -1,28 +1,32 @@
 """The run report: ``report.html`` (self-contained, images embedded) and ``report.md``.
 
-It reads only what the stages left in the run directory, plus the images it shows beside the
-decoded cluster prototypes, so it can be rebuilt at any time (``--from report``)."""
+Findings first: the recommended k and why, how many of its clusters are real, and one card per
+cluster (what it looks like, how big, how stable, which class it holds); then the figures and
+tables behind them; the configuration and bookkeeping last, collapsed. It reads only what the
+stages left in the run directory, plus the images it shows, so it can be rebuilt at any time
+(``--from report``). Without a trained model (a table of someone else's embeddings) the cards
+show real images only."""
 
 from __future__ import annotations
 
 import base64
-import os
 import html
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pipelines import plots
-from pipelines.model import load_model
 from pipelines.feature_table import read_features
+from pipelines.findings import FINDINGS_FILE, natural_key
 from pipelines.rundir import (
     CLUSTERS_FILE,
     GROUPS_FILE,
+    MODEL_FILE,
     REPORT_HTML,
     REPORT_MD,
     REPRESENTATION_FILE,
@@ -34,6 +38,20 @@ from pipelines.rundir import (
 )
 from pipelines.storage import write_text_atomic
 
+VERDICT_COLOURS = {"highly stable": "#1a7f37", "stable": "#2f9e44", "doubtful": "#b08800",
+                   "not to trust": "#d9480f", "dissolved": "#c92a2a"}
+PAGE_WIDTH = 1000  # px: nothing in the report is wider; wide tables scroll inside their box
+STRIP_COLUMNS = 3  # images per row of a cluster's card: three cards side by side fit the page
+
+
+@dataclass
+class Card:
+    """One cluster: a strip of images, a title, and facts in words."""
+
+    title: str
+    verdict: str | None
+    facts: list[str]
+    image: Path | None = None
 
 
 @dataclass
@@ -42,49 +60,94 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[tuple[str, Path]] = field(default_factory=list)
+    cards: list[Card] = field(default_factory=list)
+    collapsed: bool = False  # drawn inside a closed <details>
+    anchor: str | None = None  # the id of the section's first paragraph
 
 
-# --- decoded cluster prototypes ------------------------------------------------------------------
+# --- cluster prototypes and images -----------------------------------------------------------------
 
 
 def cluster_prototypes(X: np.ndarray, labels: np.ndarray, nearest: int) -> tuple[np.ndarray, np.ndarray]:
     """(centroids [k, d], indices [k, nearest] of the points nearest each centroid).
 
     A KMeans centroid is the mean of its cluster's points, so the centroids are recomputed from
-    the stored labels rather than stored twice; clusters are in label order."""
+    the stored labels rather than stored twice; clusters are in label order; -1 pads a cluster
+    with fewer than ``nearest`` points."""
     clusters = np.unique(labels)
     centroids = np.stack([X[labels == c].mean(axis=0) for c in clusters])
-    nearest_rows = []
-    for c, centroid in zip(clusters, centroids):
+    padded = np.full((len(clusters), nearest), -1)
+    for row, (c, centroid) in enumerate(zip(clusters, centroids)):
         members = np.flatnonzero(labels == c)
         distances = np.linalg.norm(X[members] - centroid, axis=1)
-        nearest_rows.append(members[np.argsort(distances, kind="stable")[:nearest]])
-    width = max(len(row) for row in nearest_rows)
-    padded = np.full((len(clusters), width), -1)
-    for i, row in enumerate(nearest_rows):
-        padded[i, : len(row)] = row
+        closest = members[np.argsort(distances, kind="stable")[:nearest]]
+        padded[row, : len(closest)] = closest
     return centroids, padded
 
 
-@torch.no_grad()
 def decode(model, codes: np.ndarray) -> np.ndarray:
-    """Codes [k, 512] -> images [k, C, H, W] in [0, 1], as the decoder renders them."""
-    return model.decoder(torch.from_numpy(codes.astype(np.float32))).numpy()
+    """Codes [k, d] -> images [k, C, H, W] in [0, 1], as the decoder renders them."""
+    import torch
+
+    with torch.no_grad():
+        return model.decoder(torch.from_numpy(codes.astype(np.float32))).numpy()
 
 
-def prototype_figure(run_dir: Path, model_dir: Path, features, labels: np.ndarray, images_by_id: dict,
-                     k: int, out: Path) -> Path:
-    """Each cluster's decoded centroid beside the real images nearest to it: what it looks like."""
+def decoded_centroids(run_dir: Path, centroids: np.ndarray) -> np.ndarray | None:
+    """The decoder's rendering of the centroids; None without a trained model in the run."""
+    model_dir = stage_dir(run_dir, "train")
+    if not (model_dir / MODEL_FILE).exists():
+        return None
+    from pipelines.model import load_model
+
     model, _ = load_model(model_dir)
-    centroids, nearest = cluster_prototypes(features.X, labels, nearest=8)
-    rendered = decode(model, centroids)
-    rows, titles = [], []
-    for cluster, (prototype, members) in enumerate(zip(rendered, nearest)):
-        real = [images_by_id[int(features.ids[i])] for i in members if i >= 0]
-        rows.append(np.concatenate([prototype[None], np.stack(real)]))
-        size = int(np.sum(labels == np.unique(labels)[cluster]))
-        titles.append(f"cluster {cluster} ({size} images): decoded centroid, then the 8 nearest images")
-    return plots.image_grid(rows, out, titles, title=f"k = {k}: decoded cluster prototypes")
+    return decode(model, centroids)
+
+
+def images_by_id(config, features, ids: set[int]) -> dict[int, np.ndarray]:
+    """Images [C, H, W] in [0, 1] of the wanted ids: from their files when the table names them,
+    else from the configured data source (Fashion-MNIST has no files)."""
+    position = {int(image_id): row for row, image_id in enumerate(features.ids)}
+    paths = {image_id: features.paths[position[image_id]] for image_id in ids}
+    if all(path is not None and Path(path).is_file() for path in paths.values()):
+        return {image_id: image_file(path, config.data) for image_id, path in paths.items()}
+    return images_from_source(config, ids)
+
+
+def image_file(path: str, data_config) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert(data_config.color)
+        if data_config.size is not None:
+            image = image.resize(data_config.size[::-1])
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def images_from_source(config, ids: set[int]) -> dict[int, np.ndarray]:
+    import torch
+
+    from pipelines.data import load_images
+    from pipelines.model import scale_images
+
+    rows = load_images(config.data, config.extract.split).dataset.filter(lambda row: row["id"] in ids).take_all()
+    return {int(row["id"]): scale_images(torch.from_numpy(np.array(row["image"]))[None])[0].numpy() for row in rows}
+
+
+def prototype_strips(run_dir: Path, config, features, labels: np.ndarray, out_dir: Path, name: str) -> list[Path]:
+    """Per cluster a strip PNG: the decoded centroid (with a model) and the real images nearest it."""
+    centroids, nearest = cluster_prototypes(features.X, labels, config.report.nearest)
+    images = images_by_id(config, features, {int(features.ids[i]) for i in nearest.ravel() if i >= 0})
+    rendered = decoded_centroids(run_dir, centroids)
+    strips = []
+    for cluster, members in enumerate(nearest):
+        row = [images[int(features.ids[i])] for i in members if i >= 0]
+        if rendered is not None:
+            row = [rendered[cluster], *row]
+        rows = [np.stack(row[start:start + STRIP_COLUMNS]) for start in range(0, len(row), STRIP_COLUMNS)]
+        strips.append(plots.image_grid(rows, out_dir / f"{name}_{cluster:03d}.png", [""] * len(rows)))
+    return strips
 
 
 # --- assembling ------------------------------------------------------------------------------------
@@ -94,31 +157,52 @@ def image_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+STYLE = f"""
+body{{font-family:system-ui,sans-serif;max-width:{PAGE_WIDTH}px;margin:1.5em auto;padding:0 1em;color:#222}}
+.scroll{{max-width:100%;overflow-x:auto}}
+table{{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}}
+td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}th{{background:#f3f3f3}}
+figure{{margin:1em 0}}img{{max-width:100%}}figcaption{{font-size:13px;color:#555}}
+h2{{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.5em}}
+.lead{{font-size:18px}}
+.cards{{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:10px}}
+.card{{border:1px solid #ddd;border-radius:6px;padding:8px;font-size:13px}}
+.card h3{{margin:.2em 0;font-size:15px}}.card p{{margin:.15em 0}}
+.verdict{{color:#fff;border-radius:3px;padding:0 5px;font-weight:600}}
+details>summary{{cursor:pointer}}details>summary h2{{display:inline}}
+"""
+
+
+def html_card(card: Card) -> str:
+    colour = VERDICT_COLOURS.get(card.verdict or "", "#666")
+    verdict = f"<span class='verdict' style='background:{colour}'>{html.escape(card.verdict or 'no verdict')}</span>"
+    image = f"<img src='{image_data_uri(card.image)}' alt='{html.escape(card.title)}'>" if card.image else ""
+    facts = "".join(f"<p>{html.escape(fact)}</p>" for fact in card.facts)
+    return f"<div class='card'>{image}<h3>{html.escape(card.title)} {verdict}</h3>{facts}</div>"
+
+
+def html_section(section: Section) -> str:
+    heading = f"<h2>{html.escape(section.title)}</h2>"
+    parts = [f"<details><summary>{heading}</summary>" if section.collapsed else heading]
+    for number, text in enumerate(section.paragraphs):
+        anchor = f" id='{section.anchor}' class='lead'" if number == 0 and section.anchor else ""
+        parts.append(f"<p{anchor}>{html.escape(text)}</p>")
+    if section.cards:
+        parts.append("<div class='cards'>" + "".join(html_card(card) for card in section.cards) + "</div>")
+    for caption, path in section.figures:
+        parts.append(f"<figure><img src='{image_data_uri(path)}' alt='{html.escape(caption)}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    for caption, frame in section.tables:
+        table = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+        parts.append(f"<h3>{html.escape(caption)}</h3><div class='scroll'>{table}</div>")
+    parts.append("</details>" if section.collapsed else "")
+    return "<section>" + "\n".join(parts) + "</section>"
+
+
 def render_html(title: str, sections: list[Section]) -> str:
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>",
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
-        "table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}",
-        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}",
-        "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:13px;color:#555}",
-        "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}",
-        "</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    for section in sections:
-        parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
-        parts += [f"<p>{html.escape(text)}</p>" for text in section.paragraphs]
-        for caption, frame in section.tables:
-            parts.append(f"<h3>{html.escape(caption)}</h3>" + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
-        for caption, path in section.figures:
-            parts.append(
-                f"<figure><img src='{image_data_uri(path)}' alt='{html.escape(caption)}'>"
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
-        parts.append("</section>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    head = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
+    return "\n".join([head, *(html_section(section) for section in sections), "</body></html>\n"])
 
 
 def render_markdown(title: str, sections: list[Section], report_dir: Path) -> str:
@@ -127,6 +211,10 @@ def render_markdown(title: str, sections: list[Section], report_dir: Path) -> st
         lines += [f"## {section.title}", ""]
         for text in section.paragraphs:
             lines += [text, ""]
+        for card in section.cards:
+            image = f" ![{card.title}]({os.path.relpath(card.image, report_dir)})" if card.image else ""
+            lines += [f"- **{card.title}** ({card.verdict or 'no verdict'}): " + "; ".join(card.facts) + image]
+        lines += [""] if section.cards else []
         for caption, frame in section.tables:
             lines += [f"**{caption}**", "", markdown_table(frame), ""]
         for caption, path in section.figures:
@@ -150,9 +238,6 @@ def generated_at() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
-# --- the sections of a pipeline run ---------------------------------------------------------------
-
-
 def markdown_table(frame: pd.DataFrame) -> str:
     def cell(value) -> str:  # a "|" inside a cell (a partition "{a} | {b}") would end it
         return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
@@ -167,6 +252,68 @@ def caption_of(path: Path) -> str:
     return path.stem.replace("_", " ")
 
 
+# --- findings first ------------------------------------------------------------------------------
+
+
+def findings_k(findings: dict, config) -> int:
+    """The k the cards show: the recommended one, else the re-clustered k when swept, else the first."""
+    swept = [entry["k"] for entry in findings["per_k"]]
+    if findings.get("recommended_k") is not None:
+        return findings["recommended_k"]
+    return config.recluster.k if config.recluster.k in swept else swept[0]
+
+
+def recommendation_text(findings: dict, entry: dict) -> list[str]:
+    k, runner_up = findings.get("recommended_k"), findings.get("runner_up")
+    if k is None:
+        return [findings["reason"], f"Showing k = {entry['k']}, without verdicts."]
+    stable = f"{entry['n_stable']} of its {entry['n_clusters']} clusters are stable (bootstrap Jaccard ≥ 0.75)."
+    second = f" Runner-up: k = {runner_up}." if runner_up is not None else ""
+    return [f"Recommended k = {k}: {stable}{second}", findings["reason"],
+            f"Bootstrap: {findings['bootstrap']['resamples']} resamples, protocol {findings['bootstrap']['protocol']}; "
+            "a cluster's Jaccard is shown ± its standard error."]
+
+
+def cluster_card(cluster: dict, image: Path | None) -> Card:
+    facts = [f"{cluster['size']:,} images"]
+    if cluster["jaccard"] is not None:
+        se = f" ± {cluster['jaccard_se']:.2f}" if cluster["jaccard_se"] is not None else ""
+        facts.append(f"bootstrap Jaccard {cluster['jaccard']:.2f}{se}")
+    if cluster.get("dominant_class") is not None:
+        facts.append(f"mostly {cluster['dominant_class']} ({cluster['purity']:.0%} of its labelled images)")
+    return Card(f"Cluster {cluster['cluster']}", cluster["verdict"], facts, image)
+
+
+def standing_table(findings: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"k": entry["k"], "stable clusters": f"{entry['n_stable']} of {entry['n_clusters']}",
+                          "least Jaccard": entry["min_jaccard"], "mean Jaccard": entry["mean_jaccard"]}
+                         for entry in findings["per_k"]])
+
+
+def findings_section(run_dir: Path, config, features) -> Section:
+    folder = stage_dir(run_dir, "stability")
+    findings = read_json(folder / FINDINGS_FILE)
+    if not findings:
+        return Section("Findings", [f"No findings: {folder / FINDINGS_FILE} is missing (rerun --from stability)."])
+    k = findings_k(findings, config)
+    entry = next(item for item in findings["per_k"] if item["k"] == k)
+    labels = read_labels(folder, k)[1][0]
+    strips = prototype_strips(run_dir, config, features, labels, stage_dir(run_dir, "report"), f"cluster_k{k:02d}")
+    decoded = (stage_dir(run_dir, "train") / MODEL_FILE).exists()
+    what = "the decoded centroid, then the" if decoded else "the"
+    paragraphs = [*recommendation_text(findings, entry),
+                  f"Each card: {what} {config.report.nearest} real images nearest the cluster's centre (seed 0 of the "
+                  "sweep). Every image's cluster at every k is in stability/assignments.csv."]
+    cards = [cluster_card(cluster, strip) for cluster, strip in zip(entry["clusters"], strips)]
+    figure = folder / "plots" / "stability_vs_k.png"
+    return Section(f"Findings: k = {k}", paragraphs, [("Stable clusters per k", standing_table(findings))],
+                   [("Agreement between seeds, on subsamples and with the classes, per k", figure)]
+                   if figure.exists() else [], cards, anchor="recommendation")
+
+
+# --- the details -----------------------------------------------------------------------------------
+
+
 def run_section(run_dir: Path, config, stage_times: dict) -> Section:
     rows = [(section, name, "(unset)" if value is None else str(value))
             for section, options in config.to_dict().items() for name, value in options.items()]
@@ -175,19 +322,25 @@ def run_section(run_dir: Path, config, stage_times: dict) -> Section:
         columns=["stage", "seconds", "summary"],
     )
     return Section(
-        "Run",
+        "Run configuration and bookkeeping",
         [f"Run directory {run_dir}; report generated {generated_at()}."],
         [("Wall time per stage", times), ("Resolved config", pd.DataFrame(rows, columns=["section", "option", "value"]))],
+        collapsed=True,
     )
+
+
+def class_counts(features) -> pd.DataFrame:
+    """Images per class, the classes in natural order (s2 before s10)."""
+    counts = pd.Series(features.labels[features.labels >= 0]).value_counts()
+    names = [features.class_names[i] if i < len(features.class_names) else str(i) for i in counts.index]
+    order = sorted(range(len(names)), key=lambda row: natural_key(names[row]))
+    return pd.DataFrame({"class": [names[row] for row in order], "images": counts.values[order]})
 
 
 def data_section(run_dir: Path, features) -> Section:
     metadata = features.metadata
     history = read_metrics(stage_dir(run_dir, "train"))
-    counts = pd.Series(features.labels[features.labels >= 0]).value_counts().sort_index()
-    classes = pd.DataFrame(
-        {"class": [features.class_names[i] for i in counts.index], "images": counts.values}
-    ) if len(counts) else pd.DataFrame({"class": [], "images": []})
+    classes = class_counts(features)
     skipped = metadata.get("skipped") or []
     paragraphs = [
         f"Dataset {metadata.get('dataset', '?')}: {history[-1]['train_images'] if history else '?'} training images; "
@@ -215,10 +368,14 @@ def training_section(run_dir: Path) -> Section:
     )
 
 
+STABILITY_FIGURES = {"cluster_jaccard": "Every cluster's mean bootstrap Jaccard (± standard error) per k, in "
+                                        "Hennig's verdict bands",
+                     "classes": "Images per class and cluster (seed 0)"}
+
+
 def stability_section(run_dir: Path, config) -> Section:
     folder = stage_dir(run_dir, "stability")
-    summary = pd.read_csv(folder / SUMMARY_FILE)
-    tables = [("Stability and agreement with the classes per k", summary)]
+    tables = [("Stability and agreement with the classes per k", pd.read_csv(folder / SUMMARY_FILE))]
     if (folder / CLUSTERS_FILE).exists():
         tables.append(("Per-cluster bootstrap Jaccard (Hennig's verdicts)", pd.read_csv(folder / CLUSTERS_FILE)))
     stability = config.stability
@@ -233,12 +390,16 @@ def stability_section(run_dir: Path, config) -> Section:
         paragraphs.append("Representation stability compares this run's partitions with those of autoencoders "
                           "trained with other seeds, point by point: high agreement says the features, not one "
                           "training run's draw, carry the clusters.")
-    return Section(
-        "Cluster stability",
-        paragraphs,
-        tables,
-        [(caption_of(path), path) for path in sorted((folder / "plots").glob("*.png"))],
-    )
+    figures = [(figure_caption(path), path) for path in sorted((folder / "plots").glob("*.png"))
+               if path.stem != "stability_vs_k"]  # that one is in the findings
+    return Section("Cluster stability in detail", paragraphs, tables, figures)
+
+
+def figure_caption(path: Path) -> str:
+    for stem, caption in STABILITY_FIGURES.items():
+        if path.stem.startswith(stem):
+            return caption + (f", {path.stem.split('_')[-1].replace('=', ' = ')}" if "=" in path.stem else "")
+    return caption_of(path)
 
 
 def recluster_section(run_dir: Path) -> Section:
@@ -246,34 +407,27 @@ def recluster_section(run_dir: Path) -> Section:
     groups = json.loads((folder / GROUPS_FILE).read_text())
     paragraphs = [f"Method {groups.get('method')}, k = {groups.get('k')}, k_re = {groups.get('k_re')}, "
                   f"over {groups.get('n_seeds')} clusterer seeds."]
-    rows = [(", ".join(group.get("classes", [])), group.get("share")) for group in groups.get("groups", [])]
+    rows = [(", ".join(sorted(group.get("classes", []), key=natural_key)), group.get("share"))
+            for group in groups.get("groups", [])]
+    tables = [("Class groups and the share of seeds they recur in",
+               pd.DataFrame(rows, columns=["group", "share of seeds"]))] if rows else []
+    if not rows:
+        paragraphs.append(f"No group of classes recurs in at least {groups.get('min_share', 0.5):.0%} of the seeds: "
+                          "the seeds group the classes differently, so no grouping is reported as stable.")
     figures = [(caption_of(path), path) for path in sorted(folder.rglob("*.png"))]
-    return Section("Class re-clustering", paragraphs,
-                   [("Class groups and the share of seeds they recur in", pd.DataFrame(rows, columns=["group", "share of seeds"]))],
-                   figures)
+    return Section("Class re-clustering", paragraphs, tables, figures)
 
 
-def prototype_section(run_dir: Path, config, features) -> Section:
-    from pipelines.data import load_images
-
-    ks = prototype_ks(config, features)
-    labels_by_k = {k: read_labels(stage_dir(run_dir, "stability"), k)[1][0] for k in ks}
-    wanted = set()
-    for k, labels in labels_by_k.items():
-        _, nearest = cluster_prototypes(features.X, labels, config.report.nearest)
-        wanted |= {int(features.ids[i]) for i in nearest.ravel() if i >= 0}
-    source = load_images(config.data, config.extract.split)
-    rows = source.dataset.filter(lambda row: row["id"] in wanted).take_all()
-    from pipelines.model import scale_images
-
-    images_by_id = {int(row["id"]): scale_images(torch.from_numpy(np.array(row["image"]))[None])[0].numpy() for row in rows}
-    figures = [
-        (f"k = {k}: the decoder renders each KMeans centroid (left) beside the {config.report.nearest} real images nearest to it",
-         prototype_figure(run_dir, stage_dir(run_dir, "train"), features, labels_by_k[k], images_by_id, k,
-                          stage_dir(run_dir, "report") / f"prototypes_k{k:02d}.png"))
-        for k in ks
-    ]
-    return Section("Decoded cluster prototypes",
+def prototype_section(run_dir: Path, config, features, ks: list[int]) -> Section:
+    """Decoded prototypes at the other k of interest (the findings show the recommended one)."""
+    report_dir = stage_dir(run_dir, "report")
+    figures = []
+    for k in ks:
+        labels = read_labels(stage_dir(run_dir, "stability"), k)[1][0]
+        strips = prototype_strips(run_dir, config, features, labels, report_dir, f"prototypes_k{k:02d}")
+        figures += [(f"k = {k}, cluster {cluster}: decoded centroid, then the {config.report.nearest} nearest "
+                     "real images", strip) for cluster, strip in enumerate(strips)]
+    return Section("Decoded cluster prototypes at other k",
                    ["What each cluster looks like: its centroid in feature space, decoded to an image by the "
                     "autoencoder, beside the real images closest to that centroid (seed 0 of the sweep)."],
                    figures=figures)
@@ -291,12 +445,19 @@ def prototype_ks(config, features) -> list[int]:
 
 def build_report(run_dir: Path, config) -> Path:
     """Assemble report.html and report.md from a finished run directory."""
+    run_dir = Path(run_dir)
     features = read_features(stage_dir(run_dir, "extract"))
-    stage_times = read_json(run_dir / STAGES_FILE)
-    sections = [run_section(run_dir, config, stage_times), data_section(run_dir, features), training_section(run_dir),
-                stability_section(run_dir, config)]
+    findings = findings_section(run_dir, config, features)
+    sections = [findings, stability_section(run_dir, config)]
     if (stage_dir(run_dir, "recluster") / GROUPS_FILE).exists():
         sections.append(recluster_section(run_dir))
-    sections.append(prototype_section(run_dir, config, features))
+    shown = findings.title.removeprefix("Findings: k = ")
+    others = [k for k in prototype_ks(config, features) if str(k) != shown]
+    if others and (stage_dir(run_dir, "train") / MODEL_FILE).exists():
+        sections.append(prototype_section(run_dir, config, features, others))
+    sections.append(data_section(run_dir, features))
+    if read_metrics(stage_dir(run_dir, "train")):
+        sections.append(training_section(run_dir))
+    sections.append(run_section(run_dir, config, read_json(run_dir / STAGES_FILE)))
     title = f"featurelens report: {features.metadata.get('dataset', run_dir.name)}"
     return write_report(run_dir, title, sections)

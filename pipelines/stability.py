@@ -53,6 +53,7 @@ from pipelines.findings import (
     FINDINGS_FILE,
     STABLE_JACCARD,
     cluster_findings,
+    natural_key,
     recommend_k,
 )
 from pipelines.measures import cross_model_agreement
@@ -323,6 +324,7 @@ def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: 
         if data.classes is not None:
             k = heatmap_k(config, len(data.class_names))
             counts = contingency_table(data, next(result for result in results if result.k == k))
+            counts = counts.iloc[sorted(range(len(counts)), key=lambda row: natural_key(counts.index[row]))]
             plots.heatmap(counts.to_numpy(), list(counts.index), list(range(k)), folder / f"classes_k={k:02d}.png",
                           title=f"points per class and cluster (k={k}, seed 0)", xlabel="cluster", fmt="d")
     write_json_atomic(out / MANIFEST, {**result_identity(data, config), "k": config.k_values,

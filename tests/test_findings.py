@@ -8,7 +8,17 @@ from sklearn.datasets import make_blobs
 from threadpoolctl import threadpool_limits
 
 from pipelines.config import StabilityConfig
-from pipelines.findings import cluster_findings, dominant_class, natural_key, recommend_k
+from pipelines.findings import (
+    attribute_findings,
+    attributes_from_pattern,
+    benjamini_hochberg,
+    categorical_enrichment,
+    cluster_findings,
+    dominant_class,
+    enrichment_p,
+    natural_key,
+    recommend_k,
+)
 from pipelines.sweep_scores import sweep_sequential
 
 
@@ -68,3 +78,57 @@ def test_the_recommended_k_is_the_planted_k_of_well_separated_blobs(planted):
     assert found["k"] == planted, found
     # Above the planted k a blob is split, and the split does not survive resampling.
     assert not any(found["standing"][k]["all_stable"] for k in range(planted + 1, 9))
+
+
+# --- attributes: enrichment against scipy ---------------------------------------------------------
+
+
+def test_benjamini_hochberg_is_scipys():
+    from scipy.stats import false_discovery_control
+
+    p = np.random.default_rng(0).uniform(size=50) ** 3
+    np.testing.assert_allclose(benjamini_hochberg(p), false_discovery_control(p, method="bh"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("hits, size, carriers, total", [(5, 5, 10, 100), (12, 15, 40, 400), (0, 10, 30, 60),
+                                                         (3, 20, 3, 50)])
+def test_enrichment_p_is_fishers_exact_test_one_sided(hits, size, carriers, total):
+    from scipy.stats import fisher_exact
+
+    table = [[hits, size - hits], [carriers - hits, total - size - carriers + hits]]
+    expected = fisher_exact(table, alternative="greater").pvalue
+    assert enrichment_p(hits, size, carriers, total) == pytest.approx(expected, rel=1e-9)
+
+
+def test_enrichment_on_a_known_table():
+    # 3 clusters of 20; "liked" is yes for 15 of cluster 0, 2 of cluster 1 and 3 of cluster 2.
+    labels = np.repeat([0, 1, 2], 20)
+    liked = np.array(["no"] * 60, dtype=object)
+    liked[:15], liked[20:22], liked[40:43] = "yes", "yes", "yes"
+    liked[59] = None  # unknown: left out
+    tests = {(test["cluster"], test["value"]): test for test in categorical_enrichment(labels, liked)}
+    assert len(tests) == 6
+    yes0 = tests[(0, "yes")]
+    assert (yes0["count"], yes0["cluster_size"], yes0["share"]) == (15, 20, 0.75)
+    assert yes0["fold"] == pytest.approx(0.75 / (20 / 59), abs=1e-4)
+    assert yes0["p"] == pytest.approx(enrichment_p(15, 20, 20, 59))
+    from scipy.stats import false_discovery_control
+
+    keys = sorted(tests)
+    np.testing.assert_allclose([tests[key]["p_adjusted"] for key in keys],
+                               false_discovery_control([tests[key]["p"] for key in keys]), rtol=1e-12)
+    found = attribute_findings(labels, {"liked": liked, "age": np.arange(60.0), "empty": [None] * 60})
+    enriched = found["categorical"]["liked"]["enriched"]
+    assert (enriched[0]["cluster"], enriched[0]["value"]) == (0, "yes") and enriched[0]["p_adjusted"] < 1e-4
+    assert {(test["cluster"], test["value"]) for test in enriched} <= {(0, "yes"), (1, "no"), (2, "no")}
+    assert [test["p_adjusted"] for test in enriched] == sorted(test["p_adjusted"] for test in enriched)
+    assert 0 < found["categorical"]["liked"]["nmi"] < 1 and "empty" not in found["categorical"]
+    assert found["numeric"]["age"] == {0: 9.5, 1: 29.5, 2: 49.5}
+
+
+def test_attributes_from_a_file_name_pattern():
+    paths = ["att_faces/s12/3.pgm", "att_faces/s2/liked_1.pgm", None]
+    found = attributes_from_pattern(paths, r"/s(?P<person>\d+)/(?:(?P<tag>[a-z]+)_)?")
+    assert found == {"person": ["12", "2", None], "tag": [None, "liked", None]}
+    with pytest.raises(ValueError, match="no named group"):
+        attributes_from_pattern(paths, r"s\d+")
