@@ -7,7 +7,12 @@ STAMP := $(VENV)/.installed
 # Ray on one node: loopback only, no usage stats.
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test test-gpu bench quality install clean
+.PHONY: run test test-gpu bench quality install system-packages clean
+
+# Debian packages: the official Fashion-MNIST files (`make run`, the tests), headless Chromium (the
+# report's browser test) and R's fpc (the clusterboot reference test). Installed when missing, by
+# root or with passwordless sudo; otherwise make stops and prints the one command to run.
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium chromium-driver r-base-core r-cran-fpc
 
 # The venv is rebuilt only when pyproject.toml changes, so a second call installs nothing.
 $(STAMP): pyproject.toml
@@ -17,11 +22,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
-	$(PY) -m jobs.pipeline --config configs/fashion-mnist.toml --run-dir runs/fashion-mnist
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+	  echo "featurelens: missing system packages:$$missing; install them with:"; \
+	  echo "  sudo apt-get install -y$$missing"; exit 1; fi; \
+	command -v apt-get >/dev/null || { echo "featurelens: install these with your package manager:$$missing"; exit 1; }; \
+	echo "featurelens: installing$$missing (apt-get)"; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null
+
+run: $(STAMP) system-packages
+	$(PY) -m jobs.pipeline --config configs/fashion-mnist.toml --out runs/fashion-mnist
 
 # The cluster test runs `ray stop` at its end, so it gets a pytest session of its own, last.
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(PY) -m pytest -m "not cluster and not gpu"
 	$(PY) -m pytest -m cluster
 

@@ -1,31 +1,32 @@
 """Class re-clustering: group the classes by how they spread over the clusters of one k of a
 stability sweep, for every seed, and report the groups that recur.
 
-    python -m jobs.recluster --stability RUN/stability --k 2 --k-re 2 --method membership --out RUN/recluster
+    python -m jobs.recluster --stability runs/ae-stability --k 2 --k-re 2 --method membership --out runs/ae-recluster
 
 --features defaults to the table the sweep recorded. Needs no Ray.
 """
 
-import argparse
-
-from pipelines.cli import add_config_arguments, config_from_arguments, run_job
+from pipelines.cli import (add_config_arguments, add_output_argument, config_from_arguments, input_path, job_parser,
+                           output_path, run_job)
 from pipelines.config import ReclusterConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stability", required=True, help="the output folder of jobs.stability")
-    parser.add_argument("--features", default=None, help="the feature table it swept (default: the one it recorded)")
-    parser.add_argument("--out", required=True, help="where the groups, tables and figures go")
+    parser = job_parser("recluster", __doc__)
+    parser.add_argument("--stability", required=True, metavar="DIR", help="the output folder of jobs.stability")
+    parser.add_argument("--features", default=None, metavar="DIR",
+                        help="the feature table it swept (default: the one it recorded)")
+    add_output_argument(parser, "where the groups, tables and figures go")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_config_arguments(parser, ReclusterConfig)
     args = parser.parse_args(argv)
 
     def job() -> None:
+        config = config_from_arguments(args, ReclusterConfig)
+        stability, features = input_path(args.stability, "--stability"), input_path(args.features, "--features")
         from pipelines.recluster import run_recluster
 
-        config = config_from_arguments(args, ReclusterConfig)
-        outcome = run_recluster(args.stability, args.features, config, args.out, overwrite=args.overwrite)
+        outcome = run_recluster(stability, features, config, output_path(args.out, "--out"), overwrite=args.overwrite)
         print(f"featurelens recluster: {outcome.line()}")
 
     run_job("recluster", job)

@@ -8,29 +8,34 @@ fixed_shape_tensor, so pyarrow reads the shards without Ray. Written atomically:
 complete or not at all; an existing one is refused unless --overwrite.
 """
 
-import argparse
-
-from pipelines.cli import add_config_arguments, config_from_arguments, run_job
+from pipelines.cli import (add_config_arguments, add_output_argument, config_from_arguments, job_parser, output_path,
+                           resolved_data, run_job)
 from pipelines.config import SPLITS, DataConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="the shard folder to write (Parquet files)")
+    parser = job_parser("shards", __doc__)
+    add_output_argument(parser, "the shard folder to write (Parquet files)")
     parser.add_argument("--split", default="all", choices=SPLITS, help="which images to write (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing shard folder")
     add_config_arguments(parser, DataConfig)
     args = parser.parse_args(argv)
 
     def job() -> None:
-        from pipelines.data import load_images, write_image_shards
-        from pipelines.runtime import init_ray
+        from pipelines.data import check_source, load_images, write_image_shards
+        from pipelines.storage import OutputExistsError
 
-        init_ray()
-        source = load_images(config_from_arguments(args, DataConfig), args.split)
-        write_image_shards(source, args.out, overwrite=args.overwrite)
+        data, out = resolved_data(config_from_arguments(args, DataConfig)), output_path(args.out, "--out")
+        check_source(data)
+        if out.exists() and not args.overwrite:
+            raise OutputExistsError(f"--out {args.out} already exists; pass --overwrite to replace it")
+        from pipelines.runtime import init_ray, log_file_beside
+
+        init_ray(log_file=log_file_beside(out))
+        source = load_images(data, args.split)
+        write_image_shards(source, out, overwrite=args.overwrite)
         print(f"[shards] {source.num_images:,} images of {source.name}/{args.split} "
-              f"({source.image_size}, {len(source.class_names)} classes) -> {args.out}", flush=True)
+              f"({source.image_size}, {len(source.class_names)} classes) -> {out}", flush=True)
 
     run_job("shards", job)
 

@@ -1,32 +1,39 @@
 """Train the autoencoder or the classifier with Ray Train.
 
-    python -m jobs.train --mode autoencoder --dataset fashion-mnist --epochs 10 --workers 2 --run-dir runs/ae
+    python -m jobs.train --mode autoencoder --dataset fashion-mnist --epochs 10 --workers 2 --out runs/ae
 
 Connects to the cluster in $RAY_ADDRESS (as under `ray job submit`), else starts Ray locally.
-A rerun with the same --run-dir resumes after the last finished epoch.
+A rerun with the same --out resumes after the last finished epoch (more --epochs: training goes on).
 """
 
-import argparse
+import dataclasses
 
-from pipelines.cli import add_config_arguments, config_from_arguments, run_job
+from pipelines.cli import (add_config_arguments, add_output_argument, config_from_arguments, input_path, job_parser,
+                           output_path, resolved_data, run_job)
 from pipelines.config import DataConfig, TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="where the model, metrics and figures go")
+    parser = job_parser("train", __doc__)
+    add_output_argument(parser, "the run directory: model, metrics and figures (--run-dir: the same)", "--run-dir")
     add_config_arguments(parser, DataConfig)
     add_config_arguments(parser, TrainConfig)
     args = parser.parse_args(argv)
 
     def job() -> None:
-        # The options are checked first: a bad one fails in a moment, before torch and Ray load.
-        data, config = config_from_arguments(args, DataConfig), config_from_arguments(args, TrainConfig)
+        # Every check that needs no Ray comes first: a mistake fails in a second, having written nothing.
+        from pipelines.data import check_source
+
+        data = resolved_data(config_from_arguments(args, DataConfig))
+        config = config_from_arguments(args, TrainConfig)
+        config = dataclasses.replace(config, init_from=input_path(config.init_from, "--init-from"))
+        run_dir = output_path(args.out, "--out")
+        check_source(data)
         from pipelines.runtime import init_ray
         from pipelines.train import train
 
-        init_ray()
-        train(data, config, args.run_dir)
+        init_ray(log_file=run_dir / "featurelens.log")
+        train(data, config, run_dir)
 
     run_job("train", job)
 

@@ -1,45 +1,138 @@
 """Command lines built from the config dataclasses, so that every job's ``--help`` shows every
-option with its default, and a job fails with one clear line instead of a traceback."""
+option with its default, and a job fails with one clear line instead of a traceback.
+
+Every job parses with ``job_parser`` (no abbreviations; an unknown option gets the closest known
+one as a suggestion, in one line), checks what it can without Ray (``pipelines.data.check_source``
+and the config dataclasses), and only then starts Ray; paths are resolved here, at the edge."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import os
 import re
 import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+from pipelines import config as cfg
 
 Config = TypeVar("Config")
 
+# The choices of each option that has them: field name -> the tuple's name in pipelines.config
+# (shown in --help as {a,b}; a tuple not there yet is skipped, and its dataclass still checks).
+CHOICE_TUPLES = {
+    "dataset": "DATASETS", "color": "IMAGE_MODES", "on_bad_image": "BAD_IMAGE_POLICIES", "mode": "TRAIN_MODES",
+    "lr_schedule": "LR_SCHEDULES", "augment": "AUGMENTATIONS", "corrupt": "CORRUPTIONS", "split": "SPLITS",
+    "clusterer": "CLUSTERERS", "gmm_covariance": "GMM_COVARIANCES", "bootstrap": "BOOTSTRAP_PROTOCOLS",
+    "method": "RECLUSTER_METHODS",
+}
+CHOICES = {field: getattr(cfg, name) for field, name in CHOICE_TUPLES.items() if hasattr(cfg, name)}
+GROUP_TITLES = {"DataConfig": "data", "TrainConfig": "training", "ExtractConfig": "extraction",
+                "StabilityConfig": "stability sweep", "ReclusterConfig": "re-clustering", "ReportConfig": "report"}
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``featurelens JOB: error: ...``, exit 2) and a "did you
+    mean" for an unknown option instead of the whole usage."""
+
+    def __init__(self, job: str, doc: str | None) -> None:
+        super().__init__(prog=f"python -m jobs.{job}", description=doc, allow_abbrev=False,
+                         formatter_class=HelpFormatter)
+        self.job = job
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"featurelens {self.job}: error: {message}; see python -m jobs.{self.job} --help\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(unknown_option(unknown[0], self._option_string_actions))
+        return parsed
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written; options with a metavar show it once (``--epochs N``)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return ", ".join(action.option_strings) + " " + self._format_args(action, self._get_default_metavar_for_optional(action))
+
+
+def job_parser(job: str, doc: str | None) -> JobParser:
+    return JobParser(job, doc)
+
+
+def unknown_option(given: str, known: typing.Iterable[str]) -> str:
+    """'unknown option --train-epoch (did you mean --train-epochs?)'."""
+    name = given.split("=", 1)[0]
+    if not name.startswith("-"):
+        return f"unexpected argument {given!r}"
+    close = difflib.get_close_matches(name, [k for k in known if k.startswith("--")], n=1, cutoff=0.6)
+    return f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else "")
+
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, config_class: type, prefix: str = "", overrides_only: bool = False
+    parser: argparse.ArgumentParser, config_class: type, prefix: str = "", overrides_only: bool = False,
+    skip: tuple[str, ...] = (),
 ) -> None:
-    """One ``--option`` per field of ``config_class`` (underscores become dashes).
+    """One ``--option`` per field of ``config_class`` (underscores become dashes), but those in ``skip``.
 
     With ``overrides_only`` an option left out is absent from the parsed namespace, so that it
     does not override a value from a config file; ``--help`` still shows the default."""
-    group = parser.add_argument_group(f"{prefix}{config_class.__name__}", config_class.__doc__)
+    title = GROUP_TITLES.get(config_class.__name__, config_class.__name__)
+    group = parser.add_argument_group(f"{title} options" + (f" (--{prefix}*)" if prefix else ""),
+                                      config_class.__doc__)
     hints = typing.get_type_hints(config_class)
-    for field in dataclasses.fields(config_class):
+    for field in (f for f in dataclasses.fields(config_class) if f.name not in skip):
         kind = _base_type(hints[field.name])
         flag = f"--{prefix}{field.name.replace('_', '-')}"
-        # argparse %-formats help text: a literal % (as in "80% subsamples") must be doubled
-        help_text = f"{field.metadata.get('help', '')} (default: {field.default})".replace("%", "%%")
         default = argparse.SUPPRESS if overrides_only else field.default
-        dest = prefix.replace("-", "_") + field.name
-        if kind is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        common = dict(dest=prefix.replace("-", "_") + field.name, default=default, help=help_text(field))
+        if kind is bool and field.default is False:  # a plain flag: --overwrite
+            group.add_argument(flag, action="store_true", **common)
+        elif kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif field.name in CHOICES:
+            group.add_argument(flag, choices=CHOICES[field.name], **common)
         else:
-            group.add_argument(flag, dest=dest, type=kind, default=default, metavar=kind.__name__.upper(), help=help_text)
+            group.add_argument(flag, type=kind, metavar=METAVARS.get(kind, "TEXT"), **common)
+
+
+METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def help_text(field: dataclasses.Field) -> str:
+    """The field's help, with its default once (not where the text already says it)."""
+    text = field.metadata.get("help", "")
+    if "default" not in text.lower() and field.default is not None and field.default is not False:
+        text += f" (default: {field.default})"
+    return text.replace("%", "%%")  # argparse %-formats help text
 
 
 def config_from_arguments(args: argparse.Namespace, config_class: type[Config], prefix: str = "") -> Config:
     values = {f.name: getattr(args, prefix.replace("-", "_") + f.name) for f in dataclasses.fields(config_class)}
-    return config_class(**values)
+    return build_config(config_class, values, prefix)
+
+
+def build_config(config_class: type[Config], values: dict[str, Any], prefix: str = "") -> Config:
+    """``config_class(**values)``; a ValueError names the options as typed (``--stability-k``)."""
+    try:
+        return config_class(**values)
+    except ValueError as error:
+        raise ValueError(option_names(str(error), config_class, prefix)) from None
+
+
+def option_names(message: str, config_class: type, prefix: str = "") -> str:
+    """'k must be >= 2' -> '--stability-k must be >= 2': each field name as its option."""
+    names = sorted((f.name for f in dataclasses.fields(config_class)), key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w\-'\"])(" + "|".join(map(re.escape, names)) + r")(?![\w\-'\"])")
+    return pattern.sub(lambda match: f"--{prefix}{match[1].replace('_', '-')}", message)
 
 
 def _base_type(hint: Any) -> type:
@@ -47,6 +140,63 @@ def _base_type(hint: Any) -> type:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return next(arg for arg in typing.get_args(hint) if arg is not type(None))
     return hint
+
+
+# --- paths, resolved once at the edge --------------------------------------------------------------
+
+
+def under_ray_job_submit() -> bool:
+    """Whether this driver was started by ``ray job submit`` with a working directory: its cwd
+    is then a temporary copy of that directory, private to this node and deleted afterwards."""
+    import json
+
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not (job_config and os.environ.get("RAY_ADDRESS")):
+        return False
+    try:
+        return bool(json.loads(job_config).get("runtime_env", {}).get("working_dir"))
+    except ValueError:
+        return False
+
+
+def output_path(text: str, option: str) -> Path:
+    """An output folder as an absolute path. Under ``ray job submit`` a relative one is refused:
+    it would land in the job's temporary working directory and be lost when the job ends."""
+    path = Path(text).expanduser()
+    if not path.is_absolute() and under_ray_job_submit():
+        raise ValueError(f"{option} {text}: a relative path under `ray job submit` lands in the job's temporary "
+                         f"working directory and is lost; give an absolute path on storage every node sees")
+    return path.resolve()
+
+
+def input_path(text: str | None, option: str) -> str | None:
+    """An input file or folder as an absolute path; a missing one is refused by its option."""
+    if text is None:
+        return None
+    path = Path(text).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{option} {text}: no such file or folder")
+    return str(path)
+
+
+def input_paths(text: str | None, option: str) -> str | None:
+    """A comma list of input paths (``--compare-runs a,b``), each made absolute."""
+    return None if text is None else ",".join(input_path(part.strip(), option) for part in text.split(","))
+
+
+def resolved_data(data: cfg.DataConfig) -> cfg.DataConfig:
+    """``data`` with an absolute --data-dir, checked to exist (the workers run elsewhere)."""
+    if data.data_dir is None:
+        return data
+    path = Path(data.data_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data-dir {data.data_dir}: no such folder")
+    return dataclasses.replace(data, data_dir=str(path))
+
+
+def add_output_argument(parser: argparse.ArgumentParser, what: str, *aliases: str) -> None:
+    """``--out DIR``, the one name of every job's output folder (``aliases``: older names)."""
+    parser.add_argument("--out", *aliases, dest="out", required=True, metavar="DIR", help=what)
 
 
 def run_job(name: str, main: Callable[[], object]) -> None:
@@ -68,9 +218,24 @@ def run_job(name: str, main: Callable[[], object]) -> None:
         # DataError, ResourceError and the config checks are ValueErrors
         if isinstance(error, (ValueError, FileNotFoundError, OutputExistsError)) or kind in INPUT_ERRORS:
             print(f"featurelens {name}: error: {message}", file=sys.stderr)
+            runtime = sys.modules.get("pipelines.runtime")
+            if runtime:  # bad input leaves nothing behind, not even the log of the attempt
+                runtime.discard_log()
             sys.exit(2)
-        print(f"featurelens {name}: failed: {message}", file=sys.stderr)
+        print(f"featurelens {name}: failed: {message}{logged_traceback()}", file=sys.stderr)
         sys.exit(1)
+
+
+def logged_traceback() -> str:
+    """Where the failure's whole traceback went: the run's log file, when the job opened one."""
+    runtime = sys.modules.get("pipelines.runtime")  # loaded only once the job got as far as Ray
+    log_file = runtime.current_log_file() if runtime else None
+    if not log_file:
+        return ""
+    import logging
+
+    logging.getLogger("featurelens.log").exception("the job failed")
+    return f" (the traceback and Ray's logs: {log_file})"
 
 
 # Errors that mean bad input or options, by class name: a Ray worker's error may come back as text only.

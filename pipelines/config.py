@@ -51,7 +51,10 @@ class DataConfig:
         "size (28x28 for Fashion-MNIST, the first image's size for a folder)",
     )
     color: str = opt("L", "L (grayscale) or RGB")
-    limit: int | None = opt(None, "use only the first N images of each split (quick runs)")
+    limit: int | None = opt(
+        None, "use only N images of each split: of an image folder, N taken from every class in turn (stable, "
+        "by a hash of the path); of Fashion-MNIST or shards, the first N (the release is shuffled)"
+    )
     test_fraction: float = opt(
         0.2, "images / parquet: share of the images held out as the test split (stable by path)"
     )
@@ -288,7 +291,7 @@ class ReclusterConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, ("membership", "centroid", "seed"))
+        check_choice("method", self.method, RECLUSTER_METHODS)
         if self.k < 2 or self.k_re < 2:
             raise ValueError(f"k and k_re must be >= 2, got k={self.k}, k_re={self.k_re}")
         if not 0.0 < self.min_share <= 1.0:
@@ -318,10 +321,10 @@ def parse_k(text: str) -> list[int]:
     for part in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match:
-            raise ValueError(f"k must look like 2-10, 2,4,10 or 2-10,20,40; got {text!r}")
+            raise ValueError(f"k {text}: write a range 2-10, a list 2,4,10 or both, 2-10,20,40")
         low, high = int(match[1]), int(match[2] or match[1])
         if high < low:
-            raise ValueError(f"k gives no cluster counts in {part.strip()!r} of {text!r}")
+            raise ValueError(f"k {text}: the range {low}-{high} runs backwards; write {high}-{low}")
         values.update(range(low, high + 1))
     return sorted(values)
 

@@ -21,18 +21,22 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from pipelines.config import SPLITS, DataConfig, check_choice
 from pipelines.errors import DataError
 from pipelines.rundir import SKIPPED_IMAGES_FILE
+
+if TYPE_CHECKING:
+    import ray  # imported where used: the checks before Ray need none of it (a second saved)
 
 log = logging.getLogger("featurelens.data")
 
@@ -85,6 +89,60 @@ def load_images(config: DataConfig, split: str = "train") -> ImageSource:
         "parquet": load_image_shards,
     }
     return loaders[config.dataset](config, split)
+
+
+# --- checks before Ray -----------------------------------------------------------------------------
+
+PREFLIGHT_SECONDS = 2.0  # the local decode of a folder's first files; Ray Data's scan checks the rest
+
+
+def check_source(config: DataConfig) -> tuple[int, int, int]:
+    """Everything about the data that can be checked in a second, without Ray, so that a mistake
+    fails before Ray starts and before anything is written: a data source is given, the folder
+    exists, the Fashion-MNIST files are there, the shards have the image schema, the first images
+    decode. Returns (height, width, channels) of the images the source will yield."""
+    check_data_dir(config)
+    if config.dataset == "fashion-mnist":
+        if config.data_dir is not None:
+            find_fashion_mnist(config.data_dir)
+        native = (28, 28)
+    elif config.dataset == "parquet":
+        native = tuple(check_shards(Path(config.data_dir))[1].shape[:2])
+    else:
+        native = check_first_images(config)
+    height, width = config.size or native
+    return height, width, config.channels
+
+
+def check_data_dir(config: DataConfig) -> None:
+    """A folder source needs --data-dir, and an explicit --data-dir must be a folder."""
+    if config.data_dir is None:
+        if config.dataset != "fashion-mnist":
+            what = {"images": "the folder of images (one sub-folder per class, or flat)",
+                    "parquet": "the folder of Parquet image shards (python -m jobs.shards writes them)"}
+            raise DataError(f"--dataset {config.dataset} needs --data-dir: {what[config.dataset]}")
+        return
+    if not Path(config.data_dir).is_dir():
+        raise DataError(f"--data-dir {config.data_dir}: no such folder")
+
+
+def check_first_images(config: DataConfig) -> tuple[int, int]:
+    """Decode the files of both splits for up to PREFLIGHT_SECONDS (all of a folder of a few
+    thousand), naming the unreadable ones; returns the size of the first readable image."""
+    folder, _ = list_image_folder(config.data_dir)
+    paths = [path for split in ("train", "test") for path in split_manifest(folder, split, config)["path"].to_pylist()]
+    if config.on_bad_image == "error":
+        bad, deadline = [], time.monotonic() + PREFLIGHT_SECONDS
+        for path in sorted(paths, key=natural_key):
+            if time.monotonic() > deadline:
+                break
+            try:
+                decode_image(path, 8, 8, config.color)  # any size tells whether it decodes
+            except DataError as error:
+                bad.append((path, str(error)))
+        if bad:
+            raise DataError(bad_images_message(bad, config.data_dir))
+    return config.size or _first_readable_size(paths)
 
 
 # --- Fashion-MNIST -------------------------------------------------------------------------------
@@ -179,6 +237,8 @@ def fashion_mnist_arrays(split: str, data_dir: str | None = None) -> tuple[np.nd
 
 
 def load_fashion_mnist(config: DataConfig, split: str) -> ImageSource:
+    import ray
+
     parts = ("train", "test") if split == "all" else (split,)
     tables = []
     for part in parts:
@@ -355,8 +415,7 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
     training or writing starts (on_bad_image=error), naming every bad file rather than only the
     first (the other split's too, so that one fix covers the training job's both loads); with
     on_bad_image=skip the bad files are left out and returned in ``skipped``."""
-    if config.data_dir is None:
-        raise DataError("dataset 'images' needs --data-dir: the folder of images to read")
+    check_data_dir(config)
     folder, class_names = list_image_folder(config.data_dir)
     manifest = split_manifest(folder, split, config)
     height, width = config.size or _first_readable_size(manifest["path"].to_pylist())
@@ -364,19 +423,15 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
     if skipped and config.on_bad_image == "error":
         for other in {"train": ["test"], "test": ["train"]}.get(split, []):
             skipped = sorted(skipped + scan_bad_images(split_manifest(folder, other, config), height, width, config.color))
-        listing = "\n  ".join(error for _, error in skipped[:20])
-        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        raise DataError(
-            f"{len(skipped)} unreadable image(s) in {config.data_dir}:\n  {listing}{more}\n"
-            "Fix or remove them, or pass --on-bad-image skip to leave them out (they are then "
-            f"listed in the run directory's {SKIPPED_IMAGES_FILE})."
-        )
+        raise DataError(bad_images_message(skipped, config.data_dir))
     if skipped:
         bad_paths = pa.array([path for path, _ in skipped], pa.string())
         manifest = manifest.filter(pa.compute.invert(pa.compute.is_in(manifest["path"], bad_paths)))
         log.warning("skipping %d unreadable image(s) of %s", len(skipped), config.data_dir)
     if manifest.num_rows == 0:
         raise DataError(f"image folder {config.data_dir} has no readable images in split {split!r}")
+    import ray
+
     dataset = ray.data.from_arrow(manifest_blocks(manifest)).map_batches(
         decode_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.color)
     )
@@ -393,14 +448,41 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
     )
 
 
+def bad_images_message(skipped: list[tuple[str, str]], data_dir: str, shown: int = 20) -> str:
+    """One line naming the unreadable files (the first ``shown``) and the two ways on."""
+    listing = "; ".join(error for _, error in skipped[:shown])
+    more = f"; ... and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return (f"{len(skipped)} unreadable image(s) in {data_dir}: {listing}{more}. Fix or remove them, or pass "
+            f"--on-bad-image skip to leave them out (listed in the run directory's {SKIPPED_IMAGES_FILE})")
+
+
 def split_manifest(manifest: pa.Table, split: str, config: DataConfig) -> pa.Table:
-    """The manifest rows of ``split``, the first ``config.limit`` of them when limited."""
+    """The manifest rows of ``split``; with ``config.limit``, that many sampled from every class."""
     manifest = manifest.filter(pa.array(in_split(manifest["path"].to_pylist(), split, config.test_fraction)))
-    return manifest if config.limit is None else manifest.slice(0, config.limit)
+    if config.limit is None or config.limit >= manifest.num_rows:
+        return manifest
+    keep = sample_every_class(manifest["path"].to_pylist(), manifest["label"].to_pylist(), config.limit)
+    return manifest.take(pa.array(keep))
+
+
+def sample_every_class(keys: list, labels: list, limit: int) -> np.ndarray:
+    """Sorted indices of ``limit`` of the rows, taken from the classes in turn (each class's rows in
+    the order of a hash of their key): every class is represented, and the sample is the same on
+    every run. ``--limit 40`` of the 40 ORL people takes one face of each, not 4 people's 10."""
+    hashes = np.array([zlib.crc32(str(key).encode()) for key in keys], dtype=np.int64)
+    classes = np.array([-1 if label is None else label for label in labels], dtype=np.int64)
+    by_class = np.lexsort((hashes, classes))
+    sorted_classes = classes[by_class]
+    starts = np.flatnonzero(np.r_[True, sorted_classes[1:] != sorted_classes[:-1]])
+    rank = np.empty(len(keys), dtype=np.int64)  # the row's place within its class
+    rank[by_class] = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    return np.sort(np.lexsort((hashes, rank))[:limit])
 
 
 def scan_bad_images(manifest: pa.Table, height: int, width: int, mode: str) -> list[tuple[str, str]]:
     """(path, error) of every file of ``manifest`` that does not decode, sorted; decoded in parallel by Ray Data."""
+    import ray
+
     if manifest.num_rows == 0:
         return []
     refs = (
@@ -463,25 +545,17 @@ CLASS_NAMES_FILE = "_class_names.txt"  # "_": pyarrow and Ray skip it when readi
 
 def load_image_shards(config: DataConfig, split: str) -> ImageSource:
     """Parquet image shards (as ``write_image_shards`` writes them), resized to the configured size."""
-    if config.data_dir is None:
-        raise DataError("dataset 'parquet' needs --data-dir: the folder of image shards")
+    check_data_dir(config)
     folder = Path(config.data_dir)
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        raise DataError(f"{folder}: no .parquet image shards found")
-    schema = pq.read_schema(files[0])
-    missing = [column for column in IMAGE_COLUMNS if column not in schema.names]
-    if missing:
-        raise DataError(f"{files[0]}: missing column(s) {', '.join(missing)} of the image schema {IMAGE_COLUMNS}")
-    image_type = schema.field("image").type
-    if not isinstance(image_type, pa.FixedShapeTensorType) or image_type.value_type != pa.uint8():
-        raise DataError(f"{files[0]}: column 'image' must be a uint8 fixed_shape_tensor, found {image_type}")
+    files, image_type = check_shards(folder)
     native_height, native_width = image_type.shape[:2]
     height, width = config.size or (native_height, native_width)
     ids = pq.read_table(files, columns=["id"])["id"].to_numpy()  # the ids alone: small
     if len(np.unique(ids)) != len(ids):
         raise DataError(f"{folder}: column 'id' has duplicate values")
     num_images = len(ids) if split == "all" else int(np.sum(in_split(ids, split, config.test_fraction)))
+    import ray
+
     dataset = ray.data.read_parquet(str(folder))
     if split != "all":
         dataset = dataset.map_batches(
@@ -507,6 +581,21 @@ def load_image_shards(config: DataConfig, split: str) -> ImageSource:
         channels=config.channels,
         skipped=[],
     )
+
+
+def check_shards(folder: Path) -> tuple[list[Path], pa.FixedShapeTensorType]:
+    """The shard files of ``folder`` and their image type, after checking the schema of the first."""
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise DataError(f"{folder}: no .parquet image shards found")
+    schema = pq.read_schema(files[0])
+    missing = [column for column in IMAGE_COLUMNS if column not in schema.names]
+    if missing:
+        raise DataError(f"{files[0]}: missing column(s) {', '.join(missing)} of the image schema {IMAGE_COLUMNS}")
+    image_type = schema.field("image").type
+    if not isinstance(image_type, pa.FixedShapeTensorType) or image_type.value_type != pa.uint8():
+        raise DataError(f"{files[0]}: column 'image' must be a uint8 fixed_shape_tensor, found {image_type}")
+    return files, image_type
 
 
 def resize_images(batch: dict[str, np.ndarray], height: int, width: int, mode: str) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from pipelines.data import ImageSource, load_images
 from pipelines.errors import DataError, ResourceError
 from pipelines.feature_table import check_unique_ids, feature_schema, feature_table, parquet_files
 from pipelines.model import Autoencoder, ModelSpec, fingerprint, load_model, resolve_model_path, scale_images
+from pipelines.progress import watch_rows
 from pipelines.runtime import cluster_cpus, cluster_gpus, init_ray
 from pipelines.storage import atomic_output
 
@@ -148,7 +149,8 @@ def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -
         check_source_matches(source, model.spec)
         metadata = table_metadata(model, source, config.checkpoint)
         started = time.perf_counter()
-        encode(source, model, config).write_parquet(str(tmp), schema=feature_schema(model.spec.code_dim, metadata))
+        with watch_rows(tmp, source.num_images, f"[extract] {source.name}/{source.split}"):
+            encode(source, model, config).write_parquet(str(tmp), schema=feature_schema(model.spec.code_dim, metadata))
         seconds = time.perf_counter() - started
         check_written_ids(tmp, source.num_images)
     print(

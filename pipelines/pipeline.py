@@ -50,11 +50,20 @@ class PipelineConfig:
     recluster: ReclusterConfig = field(default_factory=ReclusterConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
+    def __post_init__(self) -> None:
+        # Checked here, at config time: found after training and the sweep, it would cost the run.
+        if self.recluster.k not in self.stability.k_values:
+            raise ValueError(f"--recluster-k {self.recluster.k} is not among the k of the sweep "
+                             f"(--stability-k {self.stability.k}): add it there, or re-cluster one of those")
+
     def to_dict(self) -> dict[str, dict]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     @classmethod
     def from_dict(cls, values: dict[str, dict]) -> PipelineConfig:
+        """From {section: {option: value}}; a bad value is named as its option (``--train-epochs``)."""
+        from pipelines.cli import build_config
+
         unknown = set(values) - set(SECTIONS)
         if unknown:
             raise ValueError(f"unknown config section(s) {sorted(unknown)}; sections are {list(SECTIONS)}")
@@ -64,7 +73,7 @@ class PipelineConfig:
             known = {f.name for f in dataclasses.fields(section_class)}
             if set(given) - known:
                 raise ValueError(f"[{name}] has unknown option(s) {sorted(set(given) - known)}; known: {sorted(known)}")
-            sections[name] = section_class(**given)
+            sections[name] = build_config(section_class, given, "" if name == "data" else f"{name}-")
         return cls(**sections)
 
 
@@ -138,7 +147,7 @@ def run_extract(run_dir: Path, config: PipelineConfig) -> str:
 
     extract = dataclasses.replace(config.extract, checkpoint=str(stage_dir(run_dir, "train")), overwrite=True)
     rows = extract_features(config.data, extract, stage_dir(run_dir, "extract"))
-    return f"{rows:,} feature rows ({config.extract.split} split) in {stage_dir(run_dir, 'extract')}"
+    return f"{rows:,} feature rows ({config.extract.split} split)"
 
 
 def run_stability_stage(run_dir: Path, config: PipelineConfig) -> str:
@@ -233,7 +242,7 @@ def option_name(key: str) -> str:
 
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, from_stage: str | None = None) -> Path:
     """Run every stage that is not done yet (all from ``from_stage`` on); returns the report path."""
-    from pipelines.runtime import init_ray
+    from pipelines.runtime import LOG_FILE, init_ray
 
     if from_stage is not None and from_stage not in STAGES:
         raise ValueError(f"--from must be one of {', '.join(STAGES)}; got {from_stage!r}")
@@ -251,19 +260,18 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, from_stage: str | 
             shutil.rmtree(stage_dir(run_dir, stage), ignore_errors=True)
     write_text_atomic(run_dir / CONFIG_FILE, to_toml(config.to_dict()))
     times = json.loads((run_dir / STAGES_FILE).read_text()) if (run_dir / STAGES_FILE).exists() else {}
-    init_ray()
-    for stage in STAGES:
-        if stage not in pending:
-            print(f"[pipeline] {stage}: done before, skipped")
-            continue
-        print(f"[pipeline] {stage}: running", flush=True)
+    kept = [stage for stage in STAGES if stage not in pending]
+    print(f"[pipeline] {run_dir}: {' -> '.join(pending)}" + (f" ({', '.join(kept)} done before)" if kept else ""),
+          flush=True)
+    init_ray(log_file=run_dir / LOG_FILE)
+    for stage in pending:
         started = time.perf_counter()
         summary = run_stage(stage, run_dir, config)
         seconds = time.perf_counter() - started
         times[stage] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "summary": summary}
         write_json_atomic(run_dir / STAGES_FILE, times)
-        print(f"[pipeline] {stage}: {summary} ({seconds:.0f} s)", flush=True)
+        print(f"[pipeline] {stage} done in {seconds:.0f} s: {summary} -> {stage_dir(run_dir, stage)}", flush=True)
     return report
 
 

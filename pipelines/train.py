@@ -22,7 +22,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,17 +184,18 @@ def augment_images(images: torch.Tensor, augment: str) -> torch.Tensor:
 
 def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.optim.Optimizer, mode: str,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                augment: str = "none", label_smoothing: float = 0.0, recipe: Recipe = PLAIN) -> tuple[float, int]:
+                augment: str = "none", label_smoothing: float = 0.0, recipe: Recipe = PLAIN,
+                progress: Callable[[int], None] | None = None) -> tuple[float, int]:
     """One pass over ``batches`` ({"image": uint8, "label": int64}); returns (sum of losses, images).
     ``scheduler`` (see :func:`build_optimizer`) steps after every optimizer step; ``augment``
     (see :func:`augment_images`) applies to the training images only; ``recipe`` to the
-    autoencoder's loss (see :func:`autoencoder_loss`).
+    autoencoder's loss (see :func:`autoencoder_loss`); ``progress`` is told the steps done.
 
     The loss is summed where it is computed and read once at the end: a ``.item()`` per step
     would make a GPU wait for every step before the next one is queued (BENCHMARKS.md)."""
     network.train()
     loss_sum, seen = None, 0
-    for batch in batches:
+    for step, batch in enumerate(batches, 1):
         images, labels = augment_images(batch["image"], augment), batch.get("label")
         loss = batch_loss(network, images, None if labels is None else labels.long(), mode, label_smoothing, recipe)
         optimizer.zero_grad(set_to_none=True)
@@ -205,6 +206,8 @@ def train_epoch(network: nn.Module, batches: Iterable[dict], optimizer: torch.op
         batch_sum = loss.detach().double() * len(images)
         loss_sum = batch_sum if loss_sum is None else loss_sum + batch_sum
         seen += len(images)
+        if progress is not None:
+            progress(step)
     return (0.0 if loss_sum is None else float(loss_sum)), seen
 
 
@@ -423,7 +426,7 @@ def run_epoch(worker: Worker, batches: ShardBatches, epoch: int, config: TrainCo
     started, cpu_started = time.perf_counter(), time.process_time()
     train_loss, train_seen = train_epoch(worker.network, batches("train", epoch), worker.optimizer, config.mode,
                                          worker.scheduler, config.augment, config.label_smoothing,
-                                         recipe=Recipe.of(config))
+                                         recipe=Recipe.of(config), progress=epoch_progress(worker, batches, epoch, config))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     test_loss, correct, test_seen = evaluate(worker.network, batches("test", None), config.mode)
     train_loss, train_seen, test_loss, correct, test_seen, cpu_seconds = sum_over_workers(
@@ -467,6 +470,21 @@ def sum_over_workers(values: list[float], device) -> list[float]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     return totals.tolist()
+
+
+def epoch_progress(worker: Worker, batches: ShardBatches, epoch: int, config: TrainConfig):
+    """Rank 0's progress lines inside an epoch (steps of its shard; the total known once cached)."""
+    if worker.rank != 0:
+        return None
+    from pipelines.progress import Progress
+
+    progress = Progress(f"[train] epoch {epoch}/{config.epochs}")
+
+    def update(step: int) -> None:
+        shard = batches.cached.get("train")
+        progress.update(step, -(-shard.rows // batches.batch_size) if shard else None)
+
+    return update
 
 
 def print_progress(metrics: dict, config: TrainConfig) -> None:

@@ -154,10 +154,10 @@ def test_mixed_sizes_and_modes_are_resized_as_configured(faces_dir, tmp_path, ra
 
 @pytest.mark.parametrize(
     "option, value, named",
-    [("--epochs", "-1", "epochs"), ("--workers", "0", "workers"), ("--limit", "0", "limit"),
-     ("--image-size", "3x3", "image_size"), ("--on-bad-image", "ignore", "on_bad_image"),
-     ("--batch-size", "1", "batch_size"), ("--label-smoothing", "1", "label_smoothing"),
-     ("--augment", "rotate", "augment")],
+    [("--epochs", "-1", "--epochs"), ("--workers", "0", "--workers"), ("--limit", "0", "--limit"),
+     ("--image-size", "3x3", "--image-size"), ("--on-bad-image", "ignore", "--on-bad-image"),
+     ("--batch-size", "1", "--batch-size"), ("--label-smoothing", "1", "--label-smoothing"),
+     ("--augment", "rotate", "--augment")],
 )
 def test_train_option_out_of_range_exits_2_naming_it(option, value, named, tmp_path):
     result = run_module("jobs.train", option, value, "--run-dir", "run", cwd=tmp_path, timeout=60)
@@ -168,7 +168,7 @@ def test_train_option_out_of_range_exits_2_naming_it(option, value, named, tmp_p
 
 @pytest.mark.parametrize("option, value, named", [("--stability-k", "1-4", "k must be >= 2"),
                                                  ("--stability-seeds", "0", "seeds must be >= 1"),
-                                                 ("--recluster-k-re", "1", "k_re")])
+                                                 ("--recluster-k-re", "1", "--recluster-k-re")])
 def test_pipeline_option_out_of_range_exits_2_naming_it(option, value, named, tmp_path):
     result = run_module("jobs.pipeline", option, value, "--run-dir", "run", cwd=tmp_path, timeout=60)
     assert_one_clear_error(result, "pipeline", named)
@@ -295,8 +295,9 @@ def test_skip_mode_lists_skipped_images_in_the_run_and_the_table_and_writes_noth
     assert sorted(entry["path"] for entry in table.metadata["skipped"]) == bad
     assert len(table) == 20  # the good images only
 
-    # Security: the jobs wrote inside --run-dir and --out only, and never into the data.
-    assert sorted(p.name for p in work.iterdir()) == ["features", "runs"]
+    # Security: the jobs wrote inside --run-dir and --out only (and the extraction's log beside
+    # its table, which appears whole at the end), and never into the data.
+    assert sorted(p.name for p in work.iterdir()) == ["features", "features.log", "runs"]
     assert [p.name for p in (work / "runs").iterdir()] == ["faces"]
     assert snapshot(root) == data_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["faces", "work"]
