@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from pipelines.config import DataConfig, ExtractConfig, ReclusterConfig, StabilityConfig, TrainConfig
-from pipelines.pipeline import PipelineConfig, run_pipeline
+from pipelines.pipeline import PipelineConfig, changed_options, check_config_unchanged, run_pipeline, stages_to_run
+from pipelines.rundir import STAGES
 
 
 def tiny_config() -> PipelineConfig:
@@ -52,8 +53,33 @@ def test_rerun_of_a_finished_pipeline_does_nothing_and_says_so(pipeline_run, cap
 def test_changed_options_of_a_finished_stage_are_refused(pipeline_run):
     config = tiny_config()
     config.stability = StabilityConfig(k="2-4", seeds=4, resamples=3)
-    with pytest.raises(ValueError, match=r"stability.seeds: 3 -> 4.*--from stability"):
+    with pytest.raises(ValueError, match=r"--stability-seeds: 3 -> 4.*--from stability"):
         run_pipeline(config, pipeline_run)
+
+
+def test_more_epochs_continue_the_training_and_recompute_what_follows(pipeline_run):
+    config = tiny_config()
+    config.train = TrainConfig(epochs=3, workers=2, batch_size=64)
+    changed = changed_options(pipeline_run, config)
+    assert changed == {"train.epochs": (2, 3)}
+    assert stages_to_run(pipeline_run, config, None, changed) == list(STAGES)
+    check_config_unchanged(pipeline_run, changed, kept=[], resumed="train")  # not refused: training goes on
+    config.train = TrainConfig(epochs=3, workers=2, batch_size=32)
+    with pytest.raises(ValueError, match=r"stage 'train' ran with other options \(--train-batch-size: 64 -> 32"):
+        check_config_unchanged(pipeline_run, changed_options(pipeline_run, config), kept=[], resumed="train")
+
+
+def test_a_new_k_is_added_to_the_sweep_and_the_k_computed_before_are_kept(pipeline_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline_run, run_dir)
+    per_k = {path: path.stat().st_mtime_ns for path in (run_dir / "stability" / "per_k").rglob("*") if path.is_file()}
+    config = tiny_config()
+    config.stability = StabilityConfig(k="2-5", seeds=3, resamples=3)
+    run_pipeline(config, run_dir)
+    assert {path: path.stat().st_mtime_ns for path in per_k} == per_k
+    assert (run_dir / "stability" / "per_k" / "k=05" / "labels.npy").exists()
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert "computed 1 k, reused 3" in stages["stability"]["summary"]
 
 
 def test_from_stage_recomputes_that_stage_and_later(pipeline_run):
