@@ -29,14 +29,17 @@ RESULT_PREFIX = "BENCH-RESULT "
 # --- the machine --------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
+def cpuinfo(field: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo ('' where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(field)), "")
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_count() -> int:
@@ -48,14 +51,8 @@ def cpu_count() -> int:
 
 
 def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
-    except OSError:
-        pass
-    return ""
+    flags = set(cpuinfo("flags").split())
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
 
 
 def memory_gib() -> float:
@@ -69,23 +66,8 @@ def memory_gib() -> float:
 
 
 def git_commit(repo: Path = REPO) -> str:
-    """HEAD's commit, read from .git directly (no git process): 'unknown' outside a checkout."""
-    git = repo / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:12]
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()[:12]
-        packed = git / "packed-refs"
-        if packed.is_file():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split()[0][:12]
-        return f"unknown ({ref} has no commit yet)"
-    except OSError:
-        return "unknown"
+    done = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 def load_average() -> str:

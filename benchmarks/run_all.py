@@ -5,8 +5,8 @@
     python -m benchmarks.run_all --only training,sweep --repeats 5
 
 Order: training (its Ray run leaves a trained model), extraction (with that model; leaves the
-70,000 x 512 feature table), the sweep (on that table), the end-to-end stage times (read from
-the last `make run`).
+70,000 x 512 feature table), the sweep (on that table), KMeans libraries side by side, the
+end-to-end stage times (read from the last `make run`).
 About 20-25 minutes on an idle 2-core machine; --quick takes a few.
 """
 
@@ -18,10 +18,10 @@ import sys
 import time
 import traceback
 
-from benchmarks import extraction, stages, sweep, training
+from benchmarks import extraction, kmeans, stages, sweep, training
 from benchmarks.common import SCRATCH, Table, append_report, load_average, log, machine
 
-ALL = ("training", "extraction", "sweep", "stages")
+ALL = ("training", "extraction", "sweep", "kmeans", "stages")
 
 
 def main() -> None:
@@ -58,6 +58,8 @@ def main() -> None:
             elif name == "sweep":
                 new, _ = sweep.run(args.quick, 10 if args.full_sweep else None, repeats=args.repeats,
                                    features=features)
+            elif name == "kmeans":
+                new = kmeans.run(args.quick, repeats=args.repeats)
             else:
                 new = stages.run(args.run_dir)
         except Exception:  # noqa: BLE001 - one failed benchmark must not lose the others' tables

@@ -8,9 +8,8 @@ k = 2..10, in a fresh process each:
 
 * sequential: ``sweep_sequential(X, config, classes)`` in one process; scikit-learn's OpenMP and
   BLAS use every core, as they would for a user who runs it by hand;
-* sequential on one thread: the same, limited to one thread. The two sequential times give the
-  speed-up scikit-learn already gets from the cores, and so the most that trials side by side (one
-  thread each) can gain: cores x every-core time / one-thread time (the table's "ceiling");
+(The one-thread run that set the ceiling for trials side by side, 1.59x on 2 cores, is recorded in
+BENCHMARKS.md and retired.)
 * Tune: ``plan_sweep`` + ``run_trials`` (one trial per k, the default CPUs per trial) on a local
   Ray, started before the clock; writing the sweep's tables and figures is timed apart.
 
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     benchmark_parser,
-    SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, spread, start_ray,
+    SCRATCH, Table, child_argv, cpu_count, log, ratio_cell, report_result, run_child, spread, start_ray,
 )
 
 TARGET = 1.3
@@ -44,15 +43,12 @@ def load(features: str, rows: int | None):
                       source=features)
 
 
-def sequential(features: str, rows: int | None, config, threads: int | None) -> dict:
-    from threadpoolctl import threadpool_limits
-
+def sequential(features: str, rows: int | None, config) -> dict:
     from pipelines.sweep_scores import sweep_sequential
 
     data = load(features, rows)
     started = time.perf_counter()
-    with threadpool_limits(limits=threads):  # None: no limit
-        results = sweep_sequential(data.X, config, data.classes)
+    results = sweep_sequential(data.X, config, data.classes)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "rows": len(data.X), "fit_seconds": {k: r.seconds for k, r in results.items()},
             "ari": {k: (r.seed_agreement or {}).get("ari", {}).get("mean") for k, r in results.items()}}
@@ -113,11 +109,10 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--resamples", type=int, default=0)
     parser.add_argument("--cpus-per-trial", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="sequential: OpenMP/BLAS threads (default: all)")
     args = parser.parse_args(argv)
     config = StabilityConfig(k=args.k, seeds=args.seeds, resamples=args.resamples)
     if args.kind == "sequential":
-        report_result(sequential(args.features, args.rows, config, args.threads))
+        report_result(sequential(args.features, args.rows, config))
     else:
         report_result(tune(args.features, args.rows, config, args.cpus_per_trial))
 
@@ -133,7 +128,7 @@ def run(quick: bool = False, seeds: int | None = None, resamples: int = 0, repea
     features = ensure_features(features, 1 if quick else rows or 70_000)
     common = ["--features", features, "--k", k, "--seeds", str(seeds), "--resamples", str(resamples)]
     common += ["--rows", str(rows)] if rows else []
-    variants = [("sequential", ["sequential"]), ("sequential-1", ["sequential", "--threads", "1"])] + [
+    variants = [("sequential", ["sequential"])] + [
         (f"tune-{c or 'default'}", ["tune"] + ([] if c is None else ["--cpus-per-trial", str(c)])) for c in cpus_per_trial
     ]
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
@@ -151,13 +146,8 @@ def run(quick: bool = False, seeds: int | None = None, resamples: int = 0, repea
     )
     base = [r["seconds"] for r in results["sequential"]]
     table.add(f"sweep_sequential ({cpu_count()} OpenMP/BLAS threads)", spread(base, 1), "1.00", "", "")
-    one_thread = [r["seconds"] for r in results["sequential-1"]]
-    table.add("sweep_sequential, 1 thread", spread(one_thread, 1), f"{median([b / s for b, s in zip(base, one_thread)]):.2f}",
-              "", "")
-    # Trials side by side on one thread each can at best divide the one-thread time by the cores.
-    ceiling = median([cpu_count() * b / s for b, s in zip(base, one_thread)])
-    summary: dict = {"ceiling": ceiling}
-    for name, _ in variants[2:]:
+    summary: dict = {}
+    for name, _ in variants[1:]:
         runs = results[name]
         seconds = [r["seconds"] for r in runs]
         speedups = [b / s for b, s in zip(base, seconds)]
@@ -167,10 +157,6 @@ def run(quick: bool = False, seeds: int | None = None, resamples: int = 0, repea
                   spread([r["outputs_seconds"] for r in runs], 1), spread([r["ray_init_seconds"] for r in runs], 1))
     slowest = max(results["sequential"][0]["fit_seconds"].items(), key=lambda item: item[1])
     table.notes += [
-        f"ceiling: scikit-learn already runs {median([s / b for b, s in zip(base, one_thread)]):.2f}x faster on "
-        f"{cpu_count()} threads than on one, so trials side by side (one thread each) can be at most "
-        f"{cpu_count()} x {cpu_count()}-thread time / one-thread time = {ceiling:.2f}x faster than the sequential loop "
-        "on this machine (on more cores the ceiling rises).",
         "seconds: sweep_sequential's call vs Tune's run_trials (trial start-up, the fits, per-k result files); "
         "writing the summaries and figures and starting Ray are shown apart.",
         "per-k seconds in the first sequential run: "

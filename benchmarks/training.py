@@ -1,6 +1,6 @@
-"""Training throughput: Ray Train (1 and 2 workers) and plain DDP against a plain PyTorch loop.
+"""Training throughput: Ray Train (1 and 2 workers) against a plain PyTorch loop.
 
-    python -m benchmarks.training [--quick] [--images 10000] [--epochs 2] [--repeats 3] [--workers 1,2,ddp2]
+    python -m benchmarks.training [--quick] [--images 10000] [--epochs 2] [--repeats 3] [--workers 1,2]
 
 Every path runs ``pipelines.train.train_epoch`` on the same model (seeded), global batch and
 images of Fashion-MNIST's training split, for the same epochs, in a fresh process each:
@@ -9,8 +9,8 @@ images of Fashion-MNIST's training split, for the same epochs, in a fresh proces
   it; torch threads = all cores; no Ray;
 * Ray Train: ``pipelines.train.train`` as ``jobs.train`` runs it (Ray Data ingest, the shard
   cached in the worker, DDP over gloo when 2 workers), on a local Ray started by the process;
-* plain DDP (ddpN): N processes of torch.distributed over gloo on loopback, each with its share
-  of the batch and cores / N threads, no Ray: the cost of data parallelism itself.
+(The plain-DDP baseline that separated the cost of data parallelism from Ray's, 0.72x on 2
+cores, is recorded in BENCHMARKS.md and retired.)
 
 The figure of merit is the images/s of the epochs after the first (what ``metrics.jsonl``
 reports: the training loop only); the first epoch, which carries the one-time costs, is shown
@@ -24,7 +24,6 @@ import argparse
 import json
 import shutil
 import time
-from pathlib import Path
 
 from benchmarks.common import (
     benchmark_parser,
@@ -82,71 +81,9 @@ def ray_epoch(images: int, batch: int, epochs: int, workers: int, tag: str, over
             "ray_init_seconds": ray_seconds, "model": str(result.model_path)}
 
 
-def ddp_rank(rank: int, world: int, port: int, images: int, batch: int, epochs: int, out: str, seed: int = 0) -> None:
-    """One process of the plain DDP baseline: what a Ray Train worker does, without Ray."""
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from pipelines.config import TrainConfig
-    from pipelines.data import fashion_mnist_arrays
-    from pipelines.model import ModelSpec
-    from pipelines.train import build_optimizer, initial_model, train_epoch, training_network
-
-    torch.set_num_threads(max(1, cpu_count() // world))
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    data, _ = fashion_mnist_arrays("train")
-    x = torch.from_numpy(data[:images].copy())
-    config = TrainConfig(epochs=epochs, batch_size=batch, seed=seed, workers=world)
-    network = DistributedDataParallel(training_network(initial_model(ModelSpec(), config), "autoencoder"))
-    per_rank = batch // world
-    optimizer, scheduler = build_optimizer(network, config, steps_per_epoch=-(-(len(x) // world) // per_rank))
-    gradients = torch.zeros(sum(p.numel() for p in network.parameters()))
-    dist.all_reduce(gradients)  # warm-up of the connection
-    started = time.perf_counter()
-    for _ in range(10):
-        dist.all_reduce(gradients)
-    allreduce_ms = (time.perf_counter() - started) / 10 * 1000
-    generator = torch.Generator().manual_seed(seed)
-    rates, cpu_seconds, losses = [], [], []
-    for _ in range(epochs):
-        dist.barrier()
-        epoch_started, cpu_started = time.perf_counter(), time.process_time()
-        mine = torch.randperm(len(x), generator=generator)[rank::world]  # the same permutation on every rank
-        batches = ({"image": x[mine[i : i + per_rank]]} for i in range(0, len(mine) // per_rank * per_rank, per_rank))
-        loss_sum, seen = train_epoch(network, batches, optimizer, "autoencoder", scheduler)
-        rates.append(seen * world / (time.perf_counter() - epoch_started))
-        cpu_seconds.append(time.process_time() - cpu_started)
-        losses.append(loss_sum / seen)
-    Path(out, f"rank{rank}.json").write_text(json.dumps(
-        {"images_per_s": rates, "cpu_seconds": cpu_seconds, "train_loss": losses, "allreduce_ms": allreduce_ms,
-         "gradient_mb": gradients.numel() * 4 / 1e6, "images": seen * world}))
-    dist.destroy_process_group()
-
-
-def ddp_epoch(images: int, batch: int, epochs: int, workers: int) -> dict:
-    """Plain DDP (torch.distributed over gloo on loopback), ``workers`` processes, no Ray."""
-    import socket
-    import tempfile
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        mp.spawn(ddp_rank, args=(workers, port, images, batch, epochs, out), nprocs=workers)
-        ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(workers)]
-    cpu = [sum(rank["cpu_seconds"][e] for rank in ranks) for e in range(epochs)]
-    return {"images_per_s": ranks[0]["images_per_s"], "images_per_cpu_s": [ranks[0]["images"] / c for c in cpu],
-            "train_loss": ranks[0]["train_loss"], "wall_seconds": time.perf_counter() - started,
-            "ray_init_seconds": 0.0, "allreduce_ms": ranks[0]["allreduce_ms"], "gradient_mb": ranks[0]["gradient_mb"]}
-
-
 def child(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["plain", "ray", "ddp"])
+    parser.add_argument("kind", choices=["plain", "ray"])
     parser.add_argument("--images", type=int, required=True)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
@@ -158,8 +95,6 @@ def child(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.kind == "plain":
         report_result(plain_epoch(args.images, args.batch, args.epochs, args.threads))
-    elif args.kind == "ddp":
-        report_result(ddp_epoch(args.images, args.batch, args.epochs, args.workers))
     else:
         report_result(ray_epoch(args.images, args.batch, args.epochs, args.workers, args.tag, json.loads(args.set),
                                 cache=not args.no_cache))
@@ -174,17 +109,16 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
         batch: int = 64, overrides: dict | None = None, epochs: int = 2) -> tuple[list[Table], dict]:
     images = images or (2000 if quick else 10_000)
     repeats = repeats or (1 if quick else 3)
-    workers = [str(w) for w in workers or [1, 2, "ddp2"]]
+    workers = [str(w) for w in workers or [1, 2]]
     overrides = overrides or {}
     variants = [("plain", [])] + [
         (f"ray-{w}", ["--workers", w.rstrip("s"), "--set", json.dumps(overrides)] + (["--no-cache"] if w.endswith("s") else []))
-        if not w.startswith("ddp") else (w, ["--workers", w.removeprefix("ddp")])
         for w in workers
     ]
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
     for rep in range(repeats):
         for name, extra in variants:
-            kind = name.split("-")[0].rstrip("0123456789")
+            kind = name.split("-")[0]
             log(f"training: repetition {rep + 1}/{repeats}, {name}, {images:,} images x {epochs} epochs")
             result = run_child("benchmarks.training", [kind, "--images", str(images), "--batch", str(batch),
                                                        "--epochs", str(epochs), "--tag", f"{name}-{rep}", *extra])
@@ -215,14 +149,6 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
 
     add_row(f"plain loop, {cpu_count()} torch threads", results["plain"], baseline=True)
     for name in workers:
-        if name.startswith("ddp"):
-            summary[name] = add_row(f"plain DDP, {name.removeprefix('ddp')} processes (torch.distributed over gloo, "
-                                    "no Ray)", results[name])
-            table.notes.append(
-                f"plain DDP: one all-reduce of every gradient ({results[name][0]['gradient_mb']:.0f} MB) between "
-                f"its processes took {median([r['allreduce_ms'] for r in results[name]]):.1f} ms on its own; every "
-                "step runs one.")
-            continue
         runs = results[f"ray-{name}"]
         w = int(name.rstrip("s"))
         how = "Ray Data batches streamed every epoch (shard cache off)" if name.endswith("s") else "shards cached in the worker"
@@ -254,9 +180,8 @@ def main() -> None:
     parser = benchmark_parser(__doc__, "2,000 images, one repetition (a smoke run)")
     parser.add_argument("--images", type=int, default=None, help="training images (default 10,000; 60,000 is the full split)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is reported apart)")
-    parser.add_argument("--workers", default="1,2,ddp2",
-                        help="Ray Train worker counts to measure; a trailing s (1s) streams Ray Data batches (cache off); "
-                             "ddpN: plain DDP with N processes, no Ray (the cost of data parallelism alone)")
+    parser.add_argument("--workers", default="1,2",
+                        help="Ray Train worker counts to measure; a trailing s (1s) streams Ray Data batches (cache off)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--set", default="{}", help="JSON of TrainConfig overrides for the Ray runs")
     args = parser.parse_args()

@@ -12,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LONGEST_FUNCTION = 60
+BENCHMARK_LINES = 1500  # the benchmarks measure; one-off investigations are retired once recorded
 
 
 def modules_loaded_by(code: str) -> set[str]:
@@ -56,3 +57,8 @@ def test_benchmarks_use_only_public_functions_of_pipelines():
                 private += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
                             if alias.name.startswith("_")]
     assert not private
+
+
+def test_the_benchmarks_stay_small():
+    lines = sum(len(path.read_text().splitlines()) for path in (REPO / "benchmarks").glob("*.py"))
+    assert lines < BENCHMARK_LINES, f"benchmarks/ has {lines} lines"
