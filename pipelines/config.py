@@ -244,6 +244,18 @@ class StabilityConfig:
         "(comma list); the partitions of this sweep are compared with theirs, point by point",
     )
 
+    attributes: str | None = opt(
+        None,
+        "what the clusters mean: a CSV of per-image attributes keyed by a path or id column, any further "
+        "columns categorical or numeric (e.g. liked = yes/no); findings.json and the report give each "
+        "cluster's enriched values (hypergeometric test, Benjamini-Hochberg adjusted) and numeric means",
+    )
+    attribute_pattern: str | None = opt(
+        None,
+        "attributes parsed from each image's path by a regular expression with named groups, e.g. "
+        "'/s(?P<person>[0-9]+)/'; needs a table with paths",
+    )
+
     def __post_init__(self) -> None:
         ks = self.k_values
         if min(ks) < 2:
@@ -260,6 +272,7 @@ class StabilityConfig:
         if self.heatmap_k is not None and self.heatmap_k not in ks:
             raise ValueError(f"heatmap_k={self.heatmap_k} is not among the k swept ({self.k})")
         parse_transform(self.transform)
+        check_attribute_pattern(self.attribute_pattern)
         check_choice("clusterer", self.clusterer, CLUSTERERS)
         check_choice("gmm_covariance", self.gmm_covariance, GMM_COVARIANCES)
         for name in ("pca_components", "umap_components"):
@@ -343,6 +356,18 @@ def parse_image_size(text: str) -> tuple[int, int]:
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_attribute_pattern(pattern: str | None) -> None:
+    """A pattern must compile and name at least one group (each group is an attribute)."""
+    if pattern is None:
+        return
+    try:
+        groups = re.compile(pattern).groupindex
+    except re.error as error:
+        raise ValueError(f"attribute_pattern {pattern!r} is not a regular expression: {error}") from None
+    if not groups:
+        raise ValueError(f"attribute_pattern {pattern!r} has no named group, e.g. (?P<person>[0-9]+)")
 
 
 def parse_transform(spec: str) -> list[str]:

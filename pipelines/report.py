@@ -281,7 +281,30 @@ def cluster_card(cluster: dict, image: Path | None) -> Card:
         facts.append(f"bootstrap Jaccard {cluster['jaccard']:.2f}{se}")
     if cluster.get("dominant_class") is not None:
         facts.append(f"mostly {cluster['dominant_class']} ({cluster['purity']:.0%} of its labelled images)")
+    facts += [f"enriched in {test['attribute']} = {test['value']}: {test['count']} of {test['cluster_size']} "
+              f"({test['fold']:.1f}x the base rate, adjusted p = {test['p_adjusted']:.2g})"
+              for test in cluster.get("enriched", [])[:3]]
+    facts += [f"mean {name} {value:.3g}" for name, value in cluster.get("attribute_means", {}).items()
+              if value is not None]
     return Card(f"Cluster {cluster['cluster']}", cluster["verdict"], facts, image)
+
+
+def attribute_sentences(entry: dict) -> list[str]:
+    """Per enriched attribute value, the clusters that hold it and their verdicts: which stable
+    clusters hold the liked faces."""
+    holders: dict[str, list[str]] = {}
+    for cluster in entry["clusters"]:
+        for test in cluster.get("enriched", []):
+            holders.setdefault(f"{test['attribute']} = {test['value']}", []).append(
+                f"{cluster['cluster']} ({cluster['verdict'] or 'no verdict'})")
+    return [f"Enriched in {value} (Benjamini-Hochberg adjusted p ≤ 0.05): cluster{'s' if len(clusters) > 1 else ''} "
+            f"{', '.join(clusters)}." for value, clusters in sorted(holders.items(), key=lambda item: natural_key(item[0]))]
+
+
+def attribute_table(entry: dict) -> list[tuple[str, pd.DataFrame]]:
+    rows = [{"attribute": name, "NMI": value["nmi"], "ARI": value["ari"]}
+            for name, value in sorted(entry.get("attributes", {}).items())]
+    return [(f"Clusters at k = {entry['k']} against each categorical attribute", pd.DataFrame(rows))] if rows else []
 
 
 def standing_table(findings: dict) -> pd.DataFrame:
@@ -304,9 +327,11 @@ def findings_section(run_dir: Path, config, features) -> Section:
     paragraphs = [*recommendation_text(findings, entry),
                   f"Each card: {what} {config.report.nearest} real images nearest the cluster's centre (seed 0 of the "
                   "sweep). Every image's cluster at every k is in stability/assignments.csv."]
+    paragraphs += attribute_sentences(entry)
     cards = [cluster_card(cluster, strip) for cluster, strip in zip(entry["clusters"], strips)]
     figure = folder / "plots" / "stability_vs_k.png"
-    return Section(f"Findings: k = {k}", paragraphs, [("Stable clusters per k", standing_table(findings))],
+    tables = [*attribute_table(entry), ("Stable clusters per k", standing_table(findings))]
+    return Section(f"Findings: k = {k}", paragraphs, tables,
                    [("Agreement between seeds, on subsamples and with the classes, per k", figure)]
                    if figure.exists() else [], cards, anchor="recommendation")
 

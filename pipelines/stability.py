@@ -52,6 +52,8 @@ from pipelines.findings import (
     ASSIGNMENTS_PARQUET,
     FINDINGS_FILE,
     STABLE_JACCARD,
+    attribute_findings,
+    attributes_from_pattern,
     cluster_findings,
     natural_key,
     recommend_k,
@@ -199,6 +201,9 @@ class SweepOutcome:
         ks, seed_ari = self.summary["k"], self.summary["ari_mean"]
         text = (f"k={ks.iloc[0]}..{ks.iloc[-1]} in {self.out}: "
                 f"computed {len(self.computed)} k, reused {len(self.skipped)}")
+        findings = json.loads((self.out / FINDINGS_FILE).read_text()) if (self.out / FINDINGS_FILE).is_file() else {}
+        if findings.get("recommended_k") is not None:  # the findings' rule, not the seeds' agreement (small k)
+            return text + f"; recommended k={findings['recommended_k']} (runner-up {findings['runner_up']})"
         return text + (f"; most stable across seeds: k={ks[seed_ari.idxmax()]}" if seed_ari.notna().any() else "")
 
 
@@ -210,6 +215,7 @@ def plan_sweep(data: SweepData, config: StabilityConfig, out: str | Path, overwr
         missing = sorted(set(config.k_values) - set(read_manifest(folder)["k"]))
         if missing:
             raise ValueError(f"compare_runs: {folder} has no sweep of k={','.join(map(str, missing))}")
+    load_attributes(config, data)  # a bad attributes file fails now, not after the sweep
     done = [] if overwrite else sorted(set(finished_ks(out, result_identity(data, config))) & set(config.k_values))
     todo = [k for k in config.k_values if k not in done]
     return SweepPlan(data, config, out, todo, done, overwrite)
@@ -342,16 +348,74 @@ def findings_document(data: SweepData, config: StabilityConfig, results: list[KR
         return resample_column(result.bootstrap, name, len(np.unique(result.labels[0])))
 
     recommendation = recommend_k({result.k: per_cluster(result, "mean_jaccard") for result in results})
-    per_k = [{"k": result.k, **recommendation["standing"][result.k],
-              "clusters": cluster_findings(result.labels[0], per_cluster(result, "mean_jaccard"),
-                                           per_cluster(result, "se_jaccard"), data.classes, data.class_names)}
+    attributes = load_attributes(config, data)
+    per_k = [with_attributes({"k": result.k, **recommendation["standing"][result.k],
+                              "clusters": cluster_findings(result.labels[0], per_cluster(result, "mean_jaccard"),
+                                                           per_cluster(result, "se_jaccard"), data.classes,
+                                                           data.class_names)},
+                             result.labels[0], attributes)
              for result in results]
     return {"recommended_k": recommendation["k"], "runner_up": recommendation["runner_up"],
             "reason": recommendation["reason"],
             "rule": f"the largest k whose clusters all have mean bootstrap Jaccard >= {STABLE_JACCARD} "
                     "(pipelines.findings)",
             "bootstrap": {"protocol": config.bootstrap, "resamples": config.resamples},
-            "labels": data.classes is not None, "per_k": per_k}
+            "labels": data.classes is not None, "attributes": sorted(attributes), "per_k": per_k}
+
+
+def with_attributes(entry: dict, labels: np.ndarray, attributes: dict) -> dict:
+    """One k's findings with what the attributes say: NMI/ARI per categorical attribute, and per
+    cluster its enriched values and numeric means."""
+    if not attributes:
+        return entry
+    found = attribute_findings(labels, attributes)
+    entry["attributes"] = {name: {"nmi": value["nmi"], "ari": value["ari"]}
+                           for name, value in found["categorical"].items()}
+    for cluster in entry["clusters"]:
+        cluster["enriched"] = [{"attribute": name, **{key: test[key] for key in ENRICHMENT_FIELDS}}
+                               for name, value in found["categorical"].items() for test in value["enriched"]
+                               if test["cluster"] == cluster["cluster"]]
+        cluster["attribute_means"] = {name: means[cluster["cluster"]] for name, means in found["numeric"].items()}
+    return entry
+
+
+ENRICHMENT_FIELDS = ("value", "count", "cluster_size", "share", "fold", "p", "p_adjusted")
+
+
+def load_attributes(config: StabilityConfig, data: SweepData) -> dict[str, list]:
+    """Per-image attributes, in the order of the points: from attribute_pattern (named groups of
+    each path) and the attributes CSV (a column wins over a pattern group of the same name)."""
+    attributes: dict[str, list] = {}
+    if config.attribute_pattern:
+        if data.paths is None or all(path is None for path in data.paths):
+            raise ValueError("attribute_pattern needs a feature table with a path column; this one has no paths")
+        attributes.update(attributes_from_pattern(list(data.paths), config.attribute_pattern))
+    if config.attributes:
+        attributes.update(attributes_from_csv(Path(config.attributes), data))
+    return attributes
+
+
+def attributes_from_csv(path: Path, data: SweepData) -> dict[str, list]:
+    """The CSV's columns matched to the points by its path column (else id); None where unmatched."""
+    if not path.is_file():
+        raise FileNotFoundError(f"attributes: no file {path}")
+    table = pd.read_csv(path, dtype=str, keep_default_na=True)
+    key = "path" if "path" in table.columns else "id" if "id" in table.columns else None
+    if key is None or len(table.columns) < 2:
+        raise ValueError(f"attributes: {path} needs a path or id column and at least one attribute column "
+                         f"(columns: {', '.join(table.columns)})")
+    if table[key].duplicated().any():
+        raise ValueError(f"attributes: {path} lists {key} {table[key][table[key].duplicated()].iloc[0]} twice")
+    ours = data.paths if key == "path" else data.ids.astype(str)
+    if key == "path" and data.paths is None:
+        raise ValueError(f"attributes: {path} is keyed by path, but the feature table has no paths; key it by id")
+    rows = pd.Index(table[key]).get_indexer(pd.Index(ours, dtype=object))
+    if (rows < 0).all():
+        raise ValueError(f"attributes: no {key} of {path} matches the feature table (e.g. {table[key].iloc[0]!r} "
+                         f"against {ours[0]!r})")
+    table = table.astype(object).where(table.notna(), None)
+    return {name: [table[name].iloc[row] if row >= 0 else None for row in rows]
+            for name in table.columns if name not in ("path", "id")}
 
 
 def assignments_table(data: SweepData, results: list[KResult]) -> pd.DataFrame:

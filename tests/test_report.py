@@ -8,6 +8,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -50,6 +51,10 @@ def write_embeddings(folder) -> None:
     pq.write_table(pa.table({"id": pa.array(np.arange(n), pa.int64()), "feature": feature,
                              "label": pa.array(label, pa.int64()), "label_name": [names[i] for i in label],
                              "path": paths}), folder / "features" / "part-0.parquet")
+    # A made-up "liked" answer for two of the groups (the rest unanswered), and a numeric score.
+    liked = np.select([group == 0, group == 1], ["yes", "no"], "")
+    pd.DataFrame({"path": paths, "liked": liked, "score": 10 * group + person % 3}).to_csv(
+        folder / "answers.csv", index=False)
 
 
 def write_sweep(run_dir, config: StabilityConfig) -> None:
@@ -67,8 +72,10 @@ def write_sweep(run_dir, config: StabilityConfig) -> None:
 def report_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("report") / "run"
     write_embeddings(run_dir)
+    attributes = run_dir / "answers.csv"
     config = PipelineConfig(data=DataConfig(dataset="images", data_dir=str(run_dir / "images")),
-                            stability=StabilityConfig(k="2-6", seeds=2, resamples=10, silhouette_sample=100),
+                            stability=StabilityConfig(k="2-6", seeds=2, resamples=10, silhouette_sample=100,
+                                                      attributes=str(attributes)),
                             recluster=ReclusterConfig(k=2, k_re=2), report=ReportConfig(nearest=NEAREST))
     write_sweep(run_dir, config.stability)
     recluster = stage_dir(run_dir, "recluster")
@@ -118,6 +125,21 @@ def test_fewer_nearest_images_than_eight_make_cards_without_a_model(report_run):
     strips = sorted((report_run / "report").glob("cluster_k04_*.png"))
     assert len(strips) == GROUPS and all(path.read_bytes()[:4] == b"\x89PNG" for path in strips)
     assert "the 3 real images nearest" in (report_run / "report" / "report.md").read_text()
+
+
+def test_the_clusters_holding_the_liked_images_are_named_with_adjusted_p_values(report_run):
+    findings = json.loads((stage_dir(report_run, "stability") / "findings.json").read_text())
+    assert findings["attributes"] == ["liked", "score"]
+    clusters = next(entry for entry in findings["per_k"] if entry["k"] == GROUPS)["clusters"]
+    enriched = {(cluster["cluster"], test["attribute"], test["value"]): test
+                for cluster in clusters for test in cluster["enriched"]}
+    assert len(enriched) == 2 and {key[2] for key in enriched} == {"yes", "no"}
+    assert all(test["count"] == test["cluster_size"] == 30 and test["p_adjusted"] < 1e-6 for test in enriched.values())
+    assert sorted(mean for cluster in clusters for mean in cluster["attribute_means"].values()) == [1, 11, 21, 31]
+    text = (report_run / "report" / "report.md").read_text()
+    liked = next(key[0] for key in enriched if key[2] == "yes")
+    assert f"Enriched in liked = yes (Benjamini-Hochberg adjusted p ≤ 0.05): cluster {liked} (highly stable)." in text
+    assert "enriched in liked = yes: 30 of 30" in text and "adjusted p = " in text
 
 
 def test_cluster_prototypes_pad_a_small_cluster():

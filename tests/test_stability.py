@@ -259,9 +259,36 @@ def test_the_stability_job_runs_on_any_embedding_table_with_paths(ray_session, t
     out = tmp_path / "st"
     stability_job.main(["--features", str(tmp_path / "mine.parquet"), "--out", str(out), "--k", "2-4",
                         "--seeds", "2", "--resamples", "5", "--silhouette-sample", "100"])
-    assert "featurelens stability:" in capsys.readouterr().out
+    assert "computed 3 k, reused 0; recommended k=3 (runner-up " in capsys.readouterr().out
     findings = json.loads((out / "findings.json").read_text())
     assert findings["recommended_k"] == 3 and findings["labels"] is False
     assert "dominant_class" not in findings["per_k"][0]["clusters"][0]
     table = pd.read_csv(out / "assignments.csv")
     assert table.query("k == 3")["path"].tolist() == paths and table["id"].max() == 1490
+
+
+def test_attributes_come_from_a_csv_by_id_and_from_a_path_pattern(tmp_path):
+    data = sweep_scores.sweep_data(np.zeros((3, 2)), ids=[5, 6, 7], paths=["a/s1/1.png", "a/s10/2.png", None])
+    (tmp_path / "by_id.csv").write_text("id,liked\n6,yes\n5,no\n99,yes\n")
+    config = StabilityConfig(k="2", attributes=str(tmp_path / "by_id.csv"), attribute_pattern=r"/s(?P<person>\d+)/")
+    assert stability.load_attributes(config, data) == {"person": ["1", "10", None], "liked": ["no", "yes", None]}
+    (tmp_path / "by_path.csv").write_text("path,liked\na/s10/2.png,yes\n")
+    assert stability.load_attributes(StabilityConfig(k="2", attributes=str(tmp_path / "by_path.csv")),
+                                     data) == {"liked": [None, "yes", None]}
+
+
+@pytest.mark.parametrize(("csv", "message"), [
+    (None, "no file"), ("name,liked\nx,yes\n", "needs a path or id column"), ("id,liked\n5,a\n5,b\n", "lists id 5 twice"),
+    ("id,liked\n1,a\n", "no id of .* matches"),
+])
+def test_a_bad_attributes_file_is_refused_before_the_sweep(tmp_path, csv, message):
+    data = sweep_scores.sweep_data(np.zeros((6, 2)), ids=np.arange(5, 11))
+    if csv is not None:
+        (tmp_path / "a.csv").write_text(csv)
+    config = StabilityConfig(k="2", seeds=1, resamples=0, attributes=str(tmp_path / "a.csv"))
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        stability.plan_sweep(data, config, tmp_path / "st")
+    with pytest.raises(ValueError, match="needs a feature table with a path column"):
+        stability.load_attributes(StabilityConfig(k="2", attribute_pattern="(?P<a>x)"), data)
+    with pytest.raises(ValueError, match="no named group"):
+        StabilityConfig(attribute_pattern="s[0-9]+")
