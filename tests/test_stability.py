@@ -292,3 +292,23 @@ def test_a_bad_attributes_file_is_refused_before_the_sweep(tmp_path, csv, messag
         stability.load_attributes(StabilityConfig(k="2", attribute_pattern="(?P<a>x)"), data)
     with pytest.raises(ValueError, match="no named group"):
         StabilityConfig(attribute_pattern="s[0-9]+")
+
+
+def test_the_pipeline_draws_the_class_heatmap_at_its_reclustering_k(monkeypatch, tmp_path):
+    """The fashion-mnist-n2d preset re-clusters k=10: its heatmap must be of k=10, not the default 8."""
+    from pipelines import pipeline
+    from pipelines.config import ReclusterConfig
+
+    swept = []
+
+    class Outcome:
+        def line(self) -> str:
+            return "swept"
+
+    monkeypatch.setattr(stability, "run_stability", lambda data, config, out: swept.append(config) or Outcome())
+    monkeypatch.setattr(sweep_scores, "load_sweep_data", lambda path: None)
+    for recluster_k, configured, drawn in ((10, None, 10), (4, 6, 6)):  # a configured heatmap_k stays
+        config = pipeline.PipelineConfig(stability=StabilityConfig(k="2-10", heatmap_k=configured),
+                                         recluster=ReclusterConfig(k=recluster_k))
+        assert pipeline.run_stability_stage(tmp_path, config) == "swept"
+        assert swept[-1].heatmap_k == drawn
