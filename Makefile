@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Ray on one node: loopback only, no usage stats.
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test test-gpu bench quality install system-packages clean
+.PHONY: run test test-readme test-gpu bench quality install system-packages clean
 
 # Debian packages: the official Fashion-MNIST files (`make run`, the tests), headless Chromium (the
 # report's browser test) and R's fpc (the clusterboot reference test). Installed when missing, by
@@ -40,6 +40,11 @@ run: $(STAMP) system-packages
 test: $(STAMP) system-packages
 	$(PY) -m pytest -m "not cluster and not gpu"
 	$(PY) -m pytest -m cluster
+
+# Every command block of the README run as written (small sizes appended) from a clone-like folder:
+# about 15 minutes; `make test` only parses them.
+test-readme: $(STAMP) system-packages
+	FEATURELENS_README_FULL=1 $(PY) -m pytest tests/test_readme.py
 
 # Where a GPU is present: its results against the CPU's.
 test-gpu: $(STAMP)

@@ -20,8 +20,8 @@ from pipelines.pipeline import SECTIONS, STAGES, PipelineConfig, load_config_fil
 
 def main(argv: list[str] | None = None) -> None:
     parser = job_parser("pipeline", __doc__)
-    add_output_argument(parser, "the run directory (on storage every node sees, for a multi-node cluster; "
-                                "--run-dir: the same)", "--run-dir")
+    add_output_argument(parser, "the run directory (on storage every node sees, for a multi-node cluster)",
+                        "--run-dir")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", metavar="FILE", help="TOML config file; the command line overrides single values")
     source.add_argument("--preset", metavar="NAME", help=f"a named config shipped in configs/: {', '.join(presets())}")

@@ -15,7 +15,7 @@ from pipelines.config import DataConfig, TrainConfig
 
 def main(argv: list[str] | None = None) -> None:
     parser = job_parser("train", __doc__)
-    add_output_argument(parser, "the run directory: model, metrics and figures (--run-dir: the same)", "--run-dir")
+    add_output_argument(parser, "the run directory: model, metrics and figures", "--run-dir")
     add_config_arguments(parser, DataConfig)
     add_config_arguments(parser, TrainConfig)
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import sys
@@ -101,10 +102,13 @@ def add_config_arguments(
         elif field.name in CHOICES:
             group.add_argument(flag, choices=CHOICES[field.name], **common)
         else:
-            group.add_argument(flag, type=kind, metavar=METAVARS.get(kind, "TEXT"), **common)
+            metavar = FIELD_METAVARS.get(field.name, METAVARS.get(kind, "TEXT"))
+            group.add_argument(flag, type=kind, metavar=metavar, **common)
 
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
+FIELD_METAVARS = {"data_dir": "DIR", "image_size": "HxW", "init_from": "PATH", "checkpoint": "PATH",
+                  "compare_runs": "DIR,DIR", "k": "K", "prototype_k": "K", "transform": "STEPS"}
 
 
 def help_text(field: dataclasses.Field) -> str:
@@ -199,6 +203,31 @@ def add_output_argument(parser: argparse.ArgumentParser, what: str, *aliases: st
     parser.add_argument("--out", *aliases, dest="out", required=True, metavar="DIR", help=what)
 
 
+class _Stdout(logging.StreamHandler):
+    """A handler writing to whatever sys.stdout is at the time (a test's capture, say)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def terminal_logging() -> None:
+    """featurelens's own log lines on the terminal, plainly (``featurelens data: ...``); other
+    libraries' warnings too, until pipelines.runtime.quiet_terminal sends them to the log file."""
+    ours = logging.getLogger("featurelens")
+    if not any(isinstance(h, _Stdout) for h in ours.handlers):
+        terminal = _Stdout()
+        terminal.setFormatter(logging.Formatter("featurelens %(message)s"))
+        ours.addHandler(terminal)
+    ours.propagate = False
+    ours.setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def run_job(name: str, main: Callable[[], object]) -> None:
     """Run a job's main; bad input or a stage failure ends in one line naming the job and the
     cause, and exit status 2 (usage/input) or 1 (a failure while running).
@@ -208,6 +237,7 @@ def run_job(name: str, main: Callable[[], object]) -> None:
     DataError naming a file that would not decode) exits 2 wherever it was raised."""
     from pipelines.storage import OutputExistsError  # light: a bad option fails before torch or Ray load
 
+    terminal_logging()
     try:
         main()
     except KeyboardInterrupt:
@@ -232,8 +262,6 @@ def logged_traceback() -> str:
     log_file = runtime.current_log_file() if runtime else None
     if not log_file:
         return ""
-    import logging
-
     logging.getLogger("featurelens.log").exception("the job failed")
     return f" (the traceback and Ray's logs: {log_file})"
 

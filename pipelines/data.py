@@ -16,6 +16,7 @@ flat and unlabelled), and Parquet image shards in this schema (``write_image_sha
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -317,8 +318,7 @@ def list_image_folder(root: str | Path) -> tuple[pa.Table, list[str]]:
     if class_dirs:
         stray = sorted(e.name for e in entries if e.is_file())
         if stray:
-            log.warning("%s: %d file(s) beside the class folders belong to no class and are not read: %s",
-                        root, len(stray), ", ".join(stray[:5]) + (" ..." if len(stray) > 5 else ""))
+            warn_stray_files(str(root), tuple(stray))
         files = [
             (path, label)
             for label, folder in enumerate(class_dirs)
@@ -340,6 +340,12 @@ def list_image_folder(root: str | Path) -> tuple[pa.Table, list[str]]:
         }
     )
     return manifest, class_names
+
+
+@functools.lru_cache(maxsize=64)  # once per folder and process: a job lists its folder several times
+def warn_stray_files(root: str, stray: tuple[str, ...]) -> None:
+    log.warning("%s: %d file(s) beside the class folders belong to no class and are not read: %s",
+                root, len(stray), ", ".join(stray[:5]) + (" ..." if len(stray) > 5 else ""))
 
 
 def _files_under(folder: Path) -> list[Path]:

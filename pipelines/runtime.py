@@ -65,9 +65,12 @@ def quiet_terminal(log_file: Path) -> None:
     handler = logging.FileHandler(log_file)
     handler.made_folders = made  # discard_log removes them again
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)  # Ray Data logs every operator's metrics at DEBUG
     file_log = logging.getLogger("featurelens.log")
     if any(h.baseFilename == str(log_file.resolve()) for h in log_handlers()):
         return  # a second init_ray of the same run
+    for old in log_handlers():  # another job's, earlier in this process
+        detach(old)
     file_log.handlers, file_log.propagate = [handler], False
     setup_logging()
     logging.getLogger("featurelens").addHandler(handler)
@@ -79,7 +82,26 @@ def quiet_terminal(log_file: Path) -> None:
                         ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")):
         os.environ.setdefault(name, value)
     route_worker_lines(file_log)
+    native_stderr_to(log_file)
     print(f"featurelens: Ray's and the libraries' logs go to {log_file}", flush=True)
+
+
+def native_stderr_to(log_file: Path) -> None:
+    """Ray's C++ core writes its warnings straight to file descriptor 2: that goes to the log
+    file, while Python's sys.stderr (our errors, a traceback) keeps the terminal. Only for a
+    plain process: where sys.stderr was replaced (pytest's capture), it is left alone."""
+    if sys.stderr is not sys.__stderr__ or sys.__stderr__ is None:
+        return
+    try:
+        fd = sys.__stderr__.fileno()
+    except (OSError, ValueError):
+        return
+    sys.stderr.flush()
+    terminal = os.dup(fd)
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, fd)
+    os.close(log_fd)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
 
 
 def route_to_file(handler: logging.Handler) -> None:
@@ -102,15 +124,19 @@ TERMINAL_HANDLERS = (logging.StreamHandler,)
 
 def route_worker_lines(file_log: logging.Logger) -> None:
     """Lines printed by Ray workers: ours to stdout as they are, the rest to the log file."""
+    import collections
+
     from ray._private import worker as ray_worker
 
+    recent: collections.deque[str] = collections.deque(maxlen=8)  # Ray Train relays a worker's line twice
+
     def print_worker_logs(data: dict, print_file, ignore_prefix: bool = False) -> None:
-        source = data.get("actor_name") or data.get("task_name") or data.get("pid")
+        source = f"{data.get('actor_name') or data.get('task_name') or ''} pid={data.get('pid')}"
         for line in data.get("lines", []):
-            if line.lstrip().startswith(OWN_LINES):
+            file_log.info("(%s) %s", source, line)
+            if line.lstrip().startswith(OWN_LINES) and line not in recent:
+                recent.append(line)
                 print(line, file=sys.stdout, flush=True)
-            else:
-                file_log.info("(%s) %s", source, line)
 
     ray_worker.print_worker_logs = print_worker_logs
 
@@ -122,14 +148,19 @@ def discard_log() -> None:
         log_file = Path(handler.baseFilename)
         if log_file.name == LOG_FILE and any(path != log_file for path in log_file.parent.iterdir()):
             continue
-        handler.close()
-        for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
-            if isinstance(logger, logging.Logger) and handler in logger.handlers:
-                logger.removeHandler(handler)
+        detach(handler)
         log_file.unlink(missing_ok=True)
         for folder in getattr(handler, "made_folders", []):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+
+
+def detach(handler: logging.Handler) -> None:
+    """``handler`` closed and removed from every logger."""
+    handler.close()
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
+        if isinstance(logger, logging.Logger) and handler in logger.handlers:
+            logger.removeHandler(handler)
 
 
 def current_log_file() -> str | None:
@@ -172,12 +203,6 @@ def cluster_gpus() -> float:
 
 
 def setup_logging() -> None:
-    """featurelens's own log lines on the terminal, plainly; other libraries' warnings too, until
-    quiet_terminal sends them to the log file."""
-    ours = logging.getLogger("featurelens")
-    if not ours.handlers:
-        terminal = logging.StreamHandler(sys.stdout)
-        terminal.setFormatter(logging.Formatter("featurelens %(message)s"))
-        ours.handlers, ours.propagate = [terminal], False
-    ours.setLevel(logging.INFO)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from pipelines.cli import terminal_logging
+
+    terminal_logging()

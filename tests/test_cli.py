@@ -218,3 +218,49 @@ def test_a_finished_pipeline_resumes_from_the_changed_stage(change, resumed, tmp
     pending = stages_to_run(tmp_path, config, None, changed)
     assert pending == list(STAGES[STAGES.index(resumed):])
     check_config_unchanged(tmp_path, changed, [s for s in STAGES if s not in pending], pending[0])  # no refusal
+
+
+# --- a quiet terminal: featurelens's lines, with progress; Ray's to the log file ---------------------------------
+
+
+def test_progress_lines_show_a_bar_the_rate_and_the_time_left():
+    from pipelines.progress import Progress, progress_line
+
+    line = progress_line("[train] epoch 2/5", 120, 268, "batches", 4.0)
+    assert line.startswith("[train] epoch 2/5 [#########") and "45%" in line and "120/268 batches" in line
+    assert "30.0 batches/s" in line and "ETA 5 s" in line and "\x1b" not in line
+    shown: list[str] = []
+    progress = Progress("[extract] faces", unit="images", every=3600, emit=shown.append)
+    for done in range(1, 101):
+        progress.update(done, 100)
+    assert len(shown) == 1 and "50%" in shown[0]  # a short step: once, half way; the caller prints the end
+
+
+def test_worker_lines_of_ours_reach_the_terminal_once_and_the_rest_the_log(tmp_path, capsys):
+    import logging
+
+    from ray._private import worker as ray_worker
+
+    from pipelines.runtime import detach, log_handlers, quiet_terminal
+
+    original = ray_worker.print_worker_logs
+    loggers = [logging.getLogger(name) for name in ("", "ray", "ray.data", "py.warnings", "featurelens")]
+    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    try:
+        quiet_terminal(tmp_path / "run" / "featurelens.log")
+        line = "[train] epoch 1/3  train loss 0.02697  test loss 0.01800  38 images/s"
+        for _ in range(2):  # Ray Train relays each line twice
+            ray_worker.print_worker_logs({"pid": 7, "actor_name": "RayTrainWorker", "lines": [line]}, None)
+        ray_worker.print_worker_logs({"pid": 8, "lines": ["TrainingReport(metrics={...})"]}, None)
+        logging.getLogger("ray.data").warning("The Dataset job will hang unless more CPUs are freed up")
+        out = capsys.readouterr().out.splitlines()
+        assert out == [f"featurelens: Ray's and the libraries' logs go to {tmp_path / 'run' / 'featurelens.log'}", line]
+        log = (tmp_path / "run" / "featurelens.log").read_text()
+        assert "TrainingReport" in log and "will hang" in log
+    finally:
+        ray_worker.print_worker_logs = original
+        for handler in log_handlers():
+            detach(handler)
+        for logger, (handlers, propagate) in zip(loggers, saved):  # as they were, for the tests after this one
+            logger.handlers, logger.propagate = handlers, propagate
+        logging.captureWarnings(False)
