@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> None:
 def check_model_fits(data: DataConfig, config: ExtractConfig) -> None:
     """The model's input size and color against the images', before Ray starts (torch loads the model)."""
     from pipelines.data import ImageSource, check_source
+
+    height, width, channels = check_source(data)  # the data first: it needs no torch
     from pipelines.extract import check_source_matches
     from pipelines.model import load_model
 
-    height, width, channels = check_source(data)
     model, _ = load_model(config.checkpoint)
     shape = ImageSource(dataset=None, name=data.dataset if data.data_dir is None else data.data_dir, split=config.split,
                         num_images=0, class_names=[], height=height, width=width, channels=channels, skipped=[])
