@@ -211,9 +211,11 @@ def is_numeric(values: Sequence) -> bool:
     return bool(known) and len(np.unique(numbers)) >= NUMERIC_MIN_VALUES
 
 
-def attribute_findings(labels: ArrayLike, attributes: Mapping[str, Sequence]) -> dict:
+def attribute_findings(labels: ArrayLike, attributes: Mapping[str, Sequence], categorical: Sequence[str] = ()) -> dict:
     """One partition against every attribute: per categorical attribute its NMI and ARI with the
-    clusters and the enriched (cluster, value) pairs; per numeric attribute each cluster's mean."""
+    clusters and the enriched (cluster, value) pairs; per numeric attribute each cluster's mean.
+    The attributes named in ``categorical`` are categories even when they look like numbers
+    (a person's number parsed from a file name)."""
     from pipelines.measures import adjusted_rand_index, normalized_mutual_information
 
     labels = np.asarray(labels)
@@ -223,7 +225,7 @@ def attribute_findings(labels: ArrayLike, attributes: Mapping[str, Sequence]) ->
         known = np.array([value is not None for value in column])
         if not known.any():
             continue
-        if is_numeric(column):
+        if name not in categorical and is_numeric(column):
             numbers = np.where(known, column, np.nan).astype(float)
             found["numeric"][name] = {int(c): finite_or_none(np.nanmean(numbers[labels == c])) if
                                       np.isfinite(numbers[labels == c]).any() else None for c in np.unique(labels)}

@@ -129,3 +129,20 @@ def heatmap(values: np.ndarray, row_labels: list, col_labels: list, path: str | 
     ax.set(xlabel=xlabel, title=title)
     fig.colorbar(image, ax=ax, fraction=0.05)
     return save_figure(fig, path)
+
+
+def embedding_scatter(points: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "",
+                      axis_names: tuple[str, str] = ("PC 1", "PC 2")) -> Path:
+    """Points in 2-D, one colour per cluster (a legend up to 20 clusters)."""
+    clusters = np.unique(labels)
+    colours = plt.get_cmap("tab10" if len(clusters) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    for number, cluster in enumerate(clusters):
+        members = labels == cluster
+        ax.scatter(points[members, 0], points[members, 1], s=5, alpha=0.6, color=colours(number % colours.N),
+                   label=str(cluster), linewidths=0)
+    if len(clusters) <= 20:
+        ax.legend(title="cluster", markerscale=3, fontsize=7, loc="best", ncol=2 if len(clusters) > 10 else 1)
+    ax.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -32,6 +32,7 @@ from pipelines.rundir import (
     REPRESENTATION_FILE,
     STAGES_FILE,
     SUMMARY_FILE,
+    TRANSFORMED,
     read_labels,
     read_metrics,
     stage_dir,
@@ -289,22 +290,56 @@ def cluster_card(cluster: dict, image: Path | None) -> Card:
     return Card(f"Cluster {cluster['cluster']}", cluster["verdict"], facts, image)
 
 
+ATTRIBUTE_VALUES_NAMED = 4  # an attribute with more enriched values gets one summary sentence
+
+
 def attribute_sentences(entry: dict) -> list[str]:
-    """Per enriched attribute value, the clusters that hold it and their verdicts: which stable
-    clusters hold the liked faces."""
-    holders: dict[str, list[str]] = {}
+    """Per attribute, the clusters enriched in each of its values and their verdicts (which stable
+    clusters hold the liked faces); one sentence per attribute with many values (a person's number)."""
+    holders: dict[str, dict[str, list[str]]] = {}
     for cluster in entry["clusters"]:
         for test in cluster.get("enriched", []):
-            holders.setdefault(f"{test['attribute']} = {test['value']}", []).append(
+            holders.setdefault(test["attribute"], {}).setdefault(test["value"], []).append(
                 f"{cluster['cluster']} ({cluster['verdict'] or 'no verdict'})")
-    return [f"Enriched in {value} (Benjamini-Hochberg adjusted p ≤ 0.05): cluster{'s' if len(clusters) > 1 else ''} "
-            f"{', '.join(clusters)}." for value, clusters in sorted(holders.items(), key=lambda item: natural_key(item[0]))]
+    sentences = []
+    for attribute, values in sorted(holders.items()):
+        if len(values) > ATTRIBUTE_VALUES_NAMED:
+            sentences.append(f"{len(values)} values of {attribute} are each enriched in some cluster (Benjamini-Hochberg "
+                             "adjusted p ≤ 0.05); the cards name them.")
+            continue
+        sentences += [f"Enriched in {attribute} = {value} (Benjamini-Hochberg adjusted p ≤ 0.05): "
+                      f"cluster{'s' if len(clusters) > 1 else ''} {', '.join(clusters)}."
+                      for value, clusters in sorted(values.items(), key=lambda item: natural_key(item[0]))]
+    return sentences
 
 
 def attribute_table(entry: dict) -> list[tuple[str, pd.DataFrame]]:
     rows = [{"attribute": name, "NMI": value["nmi"], "ARI": value["ari"]}
             for name, value in sorted(entry.get("attributes", {}).items())]
     return [(f"Clusters at k = {entry['k']} against each categorical attribute", pd.DataFrame(rows))] if rows else []
+
+
+EMBEDDING_POINTS = 20_000  # drawn at most: a denser cloud shows no more
+
+
+def principal_plane(X: np.ndarray) -> np.ndarray:
+    """The points projected on their first two principal components."""
+    centred = X - X.mean(axis=0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    return centred @ axes[:2].T
+
+
+def embedding_figure(run_dir: Path, features, labels: np.ndarray, k: int) -> tuple[str, Path]:
+    """The clustered points (after the sweep's transform, when there was one) in their principal
+    plane, coloured by cluster: how the clusters lie against each other."""
+    transformed = stage_dir(run_dir, "stability") / TRANSFORMED
+    points = np.load(transformed) if transformed.exists() else features.X
+    shown = np.random.default_rng(0).permutation(len(points))[:EMBEDDING_POINTS]
+    path = plots.embedding_scatter(principal_plane(points[shown].astype(np.float64)), labels[shown],
+                                   stage_dir(run_dir, "report") / f"embedding_k{k:02d}.png")
+    space = "transformed features" if transformed.exists() else "features"
+    return (f"The {space} on their first two principal components ({len(shown):,} images), coloured by "
+            f"cluster at k = {k}", path)
 
 
 def standing_table(findings: dict) -> pd.DataFrame:
@@ -331,9 +366,10 @@ def findings_section(run_dir: Path, config, features) -> Section:
     cards = [cluster_card(cluster, strip) for cluster, strip in zip(entry["clusters"], strips)]
     figure = folder / "plots" / "stability_vs_k.png"
     tables = [*attribute_table(entry), ("Stable clusters per k", standing_table(findings))]
-    return Section(f"Findings: k = {k}", paragraphs, tables,
-                   [("Agreement between seeds, on subsamples and with the classes, per k", figure)]
-                   if figure.exists() else [], cards, anchor="recommendation")
+    figures = [embedding_figure(run_dir, features, labels, k)]
+    if figure.exists():
+        figures.append(("Agreement between seeds, on subsamples and with the classes, per k", figure))
+    return Section(f"Findings: k = {k}", paragraphs, tables, figures, cards, anchor="recommendation")
 
 
 # --- the details -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -353,7 +354,7 @@ def findings_document(data: SweepData, config: StabilityConfig, results: list[KR
                               "clusters": cluster_findings(result.labels[0], per_cluster(result, "mean_jaccard"),
                                                            per_cluster(result, "se_jaccard"), data.classes,
                                                            data.class_names)},
-                             result.labels[0], attributes)
+                             result.labels[0], attributes, pattern_groups(config))
              for result in results]
     return {"recommended_k": recommendation["k"], "runner_up": recommendation["runner_up"],
             "reason": recommendation["reason"],
@@ -363,12 +364,12 @@ def findings_document(data: SweepData, config: StabilityConfig, results: list[KR
             "labels": data.classes is not None, "attributes": sorted(attributes), "per_k": per_k}
 
 
-def with_attributes(entry: dict, labels: np.ndarray, attributes: dict) -> dict:
+def with_attributes(entry: dict, labels: np.ndarray, attributes: dict, categorical: list[str]) -> dict:
     """One k's findings with what the attributes say: NMI/ARI per categorical attribute, and per
     cluster its enriched values and numeric means."""
     if not attributes:
         return entry
-    found = attribute_findings(labels, attributes)
+    found = attribute_findings(labels, attributes, categorical)
     entry["attributes"] = {name: {"nmi": value["nmi"], "ari": value["ari"]}
                            for name, value in found["categorical"].items()}
     for cluster in entry["clusters"]:
@@ -380,6 +381,11 @@ def with_attributes(entry: dict, labels: np.ndarray, attributes: dict) -> dict:
 
 
 ENRICHMENT_FIELDS = ("value", "count", "cluster_size", "share", "fold", "p", "p_adjusted")
+
+
+def pattern_groups(config: StabilityConfig) -> list[str]:
+    """The attributes parsed from file names: categories, whatever they look like."""
+    return list(re.compile(config.attribute_pattern).groupindex) if config.attribute_pattern else []
 
 
 def load_attributes(config: StabilityConfig, data: SweepData) -> dict[str, list]:

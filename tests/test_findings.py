@@ -124,6 +124,8 @@ def test_enrichment_on_a_known_table():
     assert [test["p_adjusted"] for test in enriched] == sorted(test["p_adjusted"] for test in enriched)
     assert 0 < found["categorical"]["liked"]["nmi"] < 1 and "empty" not in found["categorical"]
     assert found["numeric"]["age"] == {0: 9.5, 1: 29.5, 2: 49.5}
+    as_categories = attribute_findings(labels, {"age": np.arange(60.0)}, categorical=["age"])
+    assert "age" in as_categories["categorical"] and not as_categories["numeric"]
 
 
 def test_attributes_from_a_file_name_pattern():

@@ -92,6 +92,8 @@ def test_the_report_leads_with_the_recommended_k_and_a_card_per_cluster(report_r
     text = (report_run / "report" / "report.md").read_text()
     assert text.index("## Findings: k = 4") < text.index("## Cluster stability in detail")
     assert f"Recommended k = {GROUPS}: {GROUPS} of its {GROUPS} clusters are stable" in text
+    assert "![The features on their first two principal components (120 images), coloured by cluster at k = 4]" \
+        "(embedding_k04.png)" in text
     cards = re.findall(r"^- \*\*Cluster (\d)\*\* \((.*?)\): (.*)$", text, flags=re.M)
     assert [card[0] for card in cards] == ["0", "1", "2", "3"]
     assert all(verdict == "highly stable" and "30 images" in facts for _, verdict, facts in cards)
