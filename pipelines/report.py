@@ -160,7 +160,7 @@ def image_data_uri(path: Path) -> str:
 
 STYLE = f"""
 body{{font-family:system-ui,sans-serif;max-width:{PAGE_WIDTH}px;margin:1.5em auto;padding:0 1em;color:#222}}
-.scroll{{max-width:100%;overflow-x:auto}}
+.scroll{{max-width:100%;max-height:480px;overflow:auto}}
 table{{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}}
 td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}th{{background:#f3f3f3}}
 figure{{margin:1em 0}}img{{max-width:100%}}figcaption{{font-size:13px;color:#555}}
@@ -475,8 +475,12 @@ def recluster_section(run_dir: Path) -> Section:
     if not rows:
         paragraphs.append(f"No group of classes recurs in at least {groups.get('min_share', 0.5):.0%} of the seeds: "
                           "the seeds group the classes differently, so no grouping is reported as stable.")
-    figures = [(caption_of(path), path) for path in sorted(folder.rglob("*.png"))]
+    figures = [(RECLUSTER_FIGURES.get(path.stem, caption_of(path)), path) for path in sorted(folder.rglob("*.png"))]
     return Section("Class re-clustering", paragraphs, tables, figures)
+
+
+RECLUSTER_FIGURES = {"membership": "Share of each class's images in each cluster (seed 0), the classes ordered by group",
+                     "co_assignment": "Share of the seeds in which two classes fall in the same group"}
 
 
 def prototype_section(run_dir: Path, config, features, ks: list[int]) -> Section:

@@ -111,3 +111,9 @@ def test_our_bootstrap_agrees_with_clusterboot_within_monte_carlo_noise(clusterb
     print("clusterboot", r["bootmean"]["mean"].to_numpy().round(3), "+-", r_se.round(3))
     assert (gap <= 3 * noise + 1e-9).all(), (ours["mean_jaccard"], r["bootmean"]["mean"].tolist(), noise)
     assert (ours["se_jaccard"] <= 0.05).all()
+
+
+def test_a_missing_rscript_fails_with_the_command_that_installs_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y r-base-core r-cran-fpc"):
+        run_clusterboot(points(), tmp_path, resamples=2)

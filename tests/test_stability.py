@@ -312,3 +312,16 @@ def test_the_pipeline_draws_the_class_heatmap_at_its_reclustering_k(monkeypatch,
                                          recluster=ReclusterConfig(k=recluster_k))
         assert pipeline.run_stability_stage(tmp_path, config) == "swept"
         assert swept[-1].heatmap_k == drawn
+
+
+def test_the_class_heatmap_lists_the_classes_in_natural_order(monkeypatch, tmp_path):
+    from pipelines import plots
+
+    X, y = make_blobs(n_samples=60, n_features=3, centers=3, random_state=0)
+    data = sweep_scores.sweep_data(X, classes=y, class_names=["s1", "s10", "s2"])
+    config = StabilityConfig(k="3", seeds=1, resamples=2, silhouette_sample=50)
+    drawn = {}
+    monkeypatch.setattr(plots, "heatmap", lambda values, rows, *args, **kwargs: drawn.setdefault("rows", rows))
+    with threadpool_limits(1):
+        stability.write_outputs(tmp_path, data, config, [sweep_scores.evaluate_k(data.X, 3, config, data.classes)])
+    assert drawn["rows"] == ["s1", "s2", "s10"]
