@@ -187,3 +187,38 @@ def test_the_first_screen_shows_the_findings_not_the_configuration(report_run):
         assert driver.execute_script("return document.documentElement.scrollWidth") <= 1400
     finally:
         driver.quit()
+
+
+# --- a real run: Fashion-MNIST with the trained autoencoder, whose decoder renders the centroids ---
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tiny_run, tiny_features, tmp_path_factory):
+    """The shared tiny training run and its feature table, swept in-process and reported."""
+    import shutil
+
+    run_dir = tmp_path_factory.mktemp("fashion-report") / "run"
+    shutil.copytree(tiny_run, stage_dir(run_dir, "train"))
+    shutil.copytree(tiny_features, stage_dir(run_dir, "extract"))
+    config = PipelineConfig(data=DataConfig(limit=1000), stability=StabilityConfig(k="2-4", seeds=2, resamples=4),
+                            recluster=ReclusterConfig(k=2, k_re=2), report=ReportConfig(nearest=5))
+    write_sweep(run_dir, config.stability)
+    build_report(run_dir, config)
+    return run_dir
+
+
+def test_a_fashion_mnist_report_shows_decoded_prototypes_and_the_findings_first(fashion_run):
+    findings = json.loads((stage_dir(fashion_run, "stability") / "findings.json").read_text())
+    text = (fashion_run / "report" / "report.md").read_text()
+    k = findings["recommended_k"] or 2
+    assert f"## Findings: k = {k}" in text and "the decoded centroid, then the 5 real images nearest" in text
+    assert len(list((fashion_run / "report").glob(f"cluster_k{k:02d}_*.png"))) == k
+    assert "## Training" in text and text.index("## Training") < text.index("## Run configuration and bookkeeping")
+    driver = open_in_chromium(fashion_run / "report" / "report.html")
+    try:
+        recommendation = driver.find_element("id", "recommendation")
+        assert driver.execute_script("return arguments[0].getBoundingClientRect().bottom",
+                                     recommendation) <= driver.execute_script("return window.innerHeight")
+        assert not any(table.is_displayed() for table in driver.find_elements("css selector", "details table"))
+    finally:
+        driver.quit()
