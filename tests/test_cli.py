@@ -163,7 +163,8 @@ def test_overwrite_is_a_plain_flag_everywhere(capsys):
 
 def test_a_relative_out_under_ray_job_submit_is_refused(work, monkeypatch, capsys):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg.zip"}}))
+    job_config = {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}}  # as `ray job submit` sets it
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job_config))
     line, _ = fails("pipeline", ["--out", "runs/x"], capsys)
     assert "--out runs/x: a relative path under `ray job submit`" in line and "absolute path" in line
 
@@ -197,7 +198,8 @@ def finished_run(run_dir: Path, epochs: int) -> None:
     for folder in STAGE_DIRS.values():
         (run_dir / folder).mkdir(parents=True)
     (run_dir / "train" / "model.pt").write_bytes(b"")
-    (run_dir / "train" / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, epochs + 1)))
+    metrics = "".join(json.dumps({"epoch": epoch}) + "\n" for epoch in range(1, epochs + 1))
+    (run_dir / "train" / "metrics.jsonl").write_text(metrics)
     (run_dir / "stability" / "summary.csv").write_text("k\n")
     (run_dir / "recluster" / "groups.json").write_text("{}")
     (run_dir / "report" / "report.html").write_text("")

@@ -26,7 +26,7 @@ SMALL = {
     "extract": ["--limit", "256"],
     "stability": ["--seeds", "2", "--resamples", "2"],
     "recluster": [],
-    "shards": ["--limit", "64"],
+    "shards": ["--limit", "160"],  # k = 40 of the parquet run needs 40 distinct points in a bootstrap
     "pipeline": ["--limit", "128", "--train-epochs", "1", "--train-workers", "1", "--stability-seeds", "2",
                  "--stability-resamples", "2"],
 }
