@@ -233,7 +233,8 @@ def attribute_findings(labels: ArrayLike, attributes: Mapping[str, Sequence], ca
         codes = np.unique(column[known].astype(str), return_inverse=True)[1]
         tests = categorical_enrichment(labels, column)
         found["categorical"][name] = {
-            "nmi": normalized_mutual_information(codes, labels[known]), "ari": adjusted_rand_index(codes, labels[known]),
+            "nmi": normalized_mutual_information(codes, labels[known]),
+            "ari": adjusted_rand_index(codes, labels[known]),
             "enriched": sorted((test for test in tests if test["p_adjusted"] <= ENRICHED_P and test["fold"] > 1),
                                key=lambda test: test["p_adjusted"])}
     return found

@@ -136,11 +136,34 @@ def images_from_source(config, ids: set[int]) -> dict[int, np.ndarray]:
     return {int(row["id"]): scale_images(torch.from_numpy(np.array(row["image"]))[None])[0].numpy() for row in rows}
 
 
-def prototype_strips(run_dir: Path, config, features, labels: np.ndarray, out_dir: Path, name: str) -> list[Path]:
-    """Per cluster a strip PNG: the decoded centroid (with a model) and the real images nearest it."""
-    centroids, nearest = cluster_prototypes(features.X, labels, config.report.nearest)
-    images = images_by_id(config, features, {int(features.ids[i]) for i in nearest.ravel() if i >= 0})
-    rendered = decoded_centroids(run_dir, centroids)
+@dataclass
+class Shown:
+    """What the report draws from: the features, the findings, the partitions of the k whose
+    clusters are pictured, and their images (read once: a Ray Data scan of Fashion-MNIST takes seconds)."""
+
+    run_dir: Path
+    config: object
+    features: object
+    findings: dict
+    labels: dict[int, np.ndarray]  # k -> seed-0 labels
+    images: dict[int, np.ndarray] = field(default_factory=dict)  # id -> [C, H, W]
+
+
+def shown_inputs(run_dir: Path, config) -> Shown:
+    features = read_features(stage_dir(run_dir, "extract"))
+    findings = read_json(stage_dir(run_dir, "stability") / FINDINGS_FILE)
+    ks = ([findings_k(findings, config)] if findings else []) + other_prototype_ks(run_dir, config, features)
+    labels = {k: read_labels(stage_dir(run_dir, "stability"), k)[1][0] for k in ks}
+    wanted = {int(features.ids[i]) for k_labels in labels.values()
+              for i in cluster_prototypes(features.X, k_labels, config.report.nearest)[1].ravel() if i >= 0}
+    return Shown(run_dir, config, features, findings, labels, images_by_id(config, features, wanted) if wanted else {})
+
+
+def prototype_strips(shown: Shown, k: int, name: str) -> list[Path]:
+    """Per cluster of k a strip PNG: the decoded centroid (with a model) and the real images nearest it."""
+    features, images, out_dir = shown.features, shown.images, stage_dir(shown.run_dir, "report")
+    centroids, nearest = cluster_prototypes(features.X, shown.labels[k], shown.config.report.nearest)
+    rendered = decoded_centroids(shown.run_dir, centroids)
     strips = []
     for cluster, members in enumerate(nearest):
         row = [images[int(features.ids[i])] for i in members if i >= 0]
@@ -304,8 +327,8 @@ def attribute_sentences(entry: dict) -> list[str]:
     sentences = []
     for attribute, values in sorted(holders.items()):
         if len(values) > ATTRIBUTE_VALUES_NAMED:
-            sentences.append(f"{len(values)} values of {attribute} are each enriched in some cluster (Benjamini-Hochberg "
-                             "adjusted p ≤ 0.05); the cards name them.")
+            sentences.append(f"{len(values)} values of {attribute} are each enriched in some cluster "
+                             "(Benjamini-Hochberg adjusted p ≤ 0.05); the cards name them.")
             continue
         sentences += [f"Enriched in {attribute} = {value} (Benjamini-Hochberg adjusted p ≤ 0.05): "
                       f"cluster{'s' if len(clusters) > 1 else ''} {', '.join(clusters)}."
@@ -348,15 +371,14 @@ def standing_table(findings: dict) -> pd.DataFrame:
                          for entry in findings["per_k"]])
 
 
-def findings_section(run_dir: Path, config, features) -> Section:
+def findings_section(shown: Shown) -> Section:
+    run_dir, config, features, findings = shown.run_dir, shown.config, shown.features, shown.findings
     folder = stage_dir(run_dir, "stability")
-    findings = read_json(folder / FINDINGS_FILE)
     if not findings:
         return Section("Findings", [f"No findings: {folder / FINDINGS_FILE} is missing (rerun --from stability)."])
     k = findings_k(findings, config)
-    entry = next(item for item in findings["per_k"] if item["k"] == k)
-    labels = read_labels(folder, k)[1][0]
-    strips = prototype_strips(run_dir, config, features, labels, stage_dir(run_dir, "report"), f"cluster_k{k:02d}")
+    entry, labels = next(item for item in findings["per_k"] if item["k"] == k), shown.labels[k]
+    strips = prototype_strips(shown, k, f"cluster_k{k:02d}")
     decoded = (stage_dir(run_dir, "train") / MODEL_FILE).exists()
     what = "the decoded centroid, then the" if decoded else "the"
     paragraphs = [*recommendation_text(findings, entry),
@@ -479,18 +501,18 @@ def recluster_section(run_dir: Path) -> Section:
     return Section("Class re-clustering", paragraphs, tables, figures)
 
 
-RECLUSTER_FIGURES = {"membership": "Share of each class's images in each cluster (seed 0), the classes ordered by group",
-                     "co_assignment": "Share of the seeds in which two classes fall in the same group"}
+RECLUSTER_FIGURES = {
+    "membership": "Share of each class's images in each cluster (seed 0), the classes ordered by group",
+    "co_assignment": "Share of the seeds in which two classes fall in the same group",
+}
 
 
-def prototype_section(run_dir: Path, config, features, ks: list[int]) -> Section:
+def prototype_section(shown: Shown, ks: list[int]) -> Section:
     """Decoded prototypes at the other k of interest (the findings show the recommended one)."""
-    report_dir = stage_dir(run_dir, "report")
     figures = []
     for k in ks:
-        labels = read_labels(stage_dir(run_dir, "stability"), k)[1][0]
-        strips = prototype_strips(run_dir, config, features, labels, report_dir, f"prototypes_k{k:02d}")
-        figures += [(f"k = {k}, cluster {cluster}: decoded centroid, then the {config.report.nearest} nearest "
+        strips = prototype_strips(shown, k, f"prototypes_k{k:02d}")
+        figures += [(f"k = {k}, cluster {cluster}: decoded centroid, then the {shown.config.report.nearest} nearest "
                      "real images", strip) for cluster, strip in enumerate(strips)]
     return Section("Decoded cluster prototypes at other k",
                    ["What each cluster looks like: its centroid in feature space, decoded to an image by the "
@@ -508,18 +530,26 @@ def prototype_ks(config, features) -> list[int]:
     return sorted({k for k in wanted if k in swept}) or [swept[0]]
 
 
+def other_prototype_ks(run_dir: Path, config, features) -> list[int]:
+    """The k of prototype_k beside the one the findings picture; decoded only with a model."""
+    if not (stage_dir(run_dir, "train") / MODEL_FILE).exists():
+        return []
+    findings = read_json(stage_dir(run_dir, "stability") / FINDINGS_FILE)
+    pictured = findings_k(findings, config) if findings else None
+    return [k for k in prototype_ks(config, features) if k != pictured]
+
+
 def build_report(run_dir: Path, config) -> Path:
     """Assemble report.html and report.md from a finished run directory."""
     run_dir = Path(run_dir)
-    features = read_features(stage_dir(run_dir, "extract"))
-    findings = findings_section(run_dir, config, features)
-    sections = [findings, stability_section(run_dir, config)]
+    shown = shown_inputs(run_dir, config)
+    features = shown.features
+    sections = [findings_section(shown), stability_section(run_dir, config)]
     if (stage_dir(run_dir, "recluster") / GROUPS_FILE).exists():
         sections.append(recluster_section(run_dir))
-    shown = findings.title.removeprefix("Findings: k = ")
-    others = [k for k in prototype_ks(config, features) if str(k) != shown]
-    if others and (stage_dir(run_dir, "train") / MODEL_FILE).exists():
-        sections.append(prototype_section(run_dir, config, features, others))
+    others = other_prototype_ks(run_dir, config, features)
+    if others:
+        sections.append(prototype_section(shown, others))
     sections.append(data_section(run_dir, features))
     if read_metrics(stage_dir(run_dir, "train")):
         sections.append(training_section(run_dir))

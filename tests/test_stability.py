@@ -278,8 +278,8 @@ def test_attributes_come_from_a_csv_by_id_and_from_a_path_pattern(tmp_path):
 
 
 @pytest.mark.parametrize(("csv", "message"), [
-    (None, "no file"), ("name,liked\nx,yes\n", "needs a path or id column"), ("id,liked\n5,a\n5,b\n", "lists id 5 twice"),
-    ("id,liked\n1,a\n", "no id of .* matches"),
+    (None, "no file"), ("name,liked\nx,yes\n", "needs a path or id column"),
+    ("id,liked\n5,a\n5,b\n", "lists id 5 twice"), ("id,liked\n1,a\n", "no id of .* matches"),
 ])
 def test_a_bad_attributes_file_is_refused_before_the_sweep(tmp_path, csv, message):
     data = sweep_scores.sweep_data(np.zeros((6, 2)), ids=np.arange(5, 11))
