@@ -184,7 +184,8 @@ def test_killed_extraction_leaves_no_table_and_the_rerun_writes_each_row_once(tm
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     table = read_features(work / "features")
     np.testing.assert_array_equal(table.ids, np.arange(60_000, 70_000))  # one row per test image
-    assert sorted(p.name for p in work.iterdir()) == ["features", "model.pt"]  # the stale temporary folder is gone
+    # the stale temporary folder is gone (the job's log, features.log, stays beside the table)
+    assert sorted(p.name for p in work.iterdir()) == ["features", "features.log", "model.pt"]
 
 
 # --- the stability sweep killed half-way -----------------------------------------------------------
