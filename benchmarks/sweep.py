@@ -14,7 +14,7 @@ BENCHMARKS.md and retired.)
   Ray, started before the clock; writing the sweep's tables and figures is timed apart.
 
 Default grid: k = 2..10 x 3 seeds, no resamples (``--full``: 10 seeds, the issue's grid; the
-pipeline's default adds 20 bootstrap + 20 subsample refits per k, ``--resamples 20``).
+pipeline's default adds 100 bootstrap + 100 subsample refits per k, ``--resamples 100``).
 """
 
 from __future__ import annotations

@@ -22,8 +22,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 STABLE_JACCARD = 0.75  # Hennig: clusters at or above are "stable" (0.85: "highly stable")
-# In the stability folder (written by pipelines.stability.write_outputs).
-FINDINGS_FILE, ASSIGNMENTS_PARQUET, ASSIGNMENTS_CSV = "findings.json", "assignments.parquet", "assignments.csv"
 
 
 def natural_key(name: str) -> list:
@@ -90,7 +88,7 @@ def recommend_k(jaccard_by_k: Mapping[int, Sequence[float]], threshold: float = 
 
 def recommendation_reason(k: int, standing: Mapping[int, dict], threshold: float) -> str:
     """One sentence on why ``k`` was recommended."""
-    entry, largest = standing[k], max(standing)
+    entry = standing[k]
     if not entry["all_stable"]:
         return (f"No k has every cluster stable (bootstrap Jaccard ≥ {threshold}); k = {k} has the most stable "
                 f"clusters, {entry['n_stable']} of {k}, so treat only those as real.")
@@ -98,7 +96,7 @@ def recommendation_reason(k: int, standing: Mapping[int, dict], threshold: float
     sentence = (f"k = {k} is the largest k whose {k} clusters are all stable (bootstrap Jaccard ≥ {threshold}, "
                 f"the least {entry['min_jaccard']:.2f})")
     if not finer:
-        return sentence + f"; it is the largest k swept, so sweep larger k to see whether finer clusters hold."
+        return sentence + "; it is the largest k swept, so sweep larger k to see whether finer clusters hold."
     unstable = min(finer)
     return sentence + (f"; at k = {unstable} only {standing[unstable]['n_stable']} of {unstable} are, so finer "
                        f"partitions split clusters that do not survive resampling.")

@@ -191,9 +191,11 @@ class StageError(RuntimeError):
     """A stage failed; the message names it and says how to go on."""
 
 
-# Option changes a finished stage takes in its stride: more epochs continue training; new k
-# are added to the sweep (the k already computed are kept).
-RESUMABLE = {"train": {"train.epochs"}, "stability": {"stability.k", "stability.heatmap_k", "stability.cpus_per_trial"}}
+# Option changes a finished stage takes in its stride: more epochs continue training; new k are
+# added to the sweep (the k already computed are kept); new attributes only rewrite its findings.
+RESUMABLE = {"train": {"train.epochs"},
+             "stability": {"stability.k", "stability.heatmap_k", "stability.cpus_per_trial", "stability.attributes",
+                           "stability.attribute_pattern"}}
 
 
 def changed_options(run_dir: Path, config: PipelineConfig) -> dict[str, tuple]:

@@ -22,8 +22,9 @@ import pandas as pd
 
 from pipelines import plots
 from pipelines.feature_table import read_features
-from pipelines.findings import FINDINGS_FILE, natural_key
+from pipelines.findings import natural_key
 from pipelines.rundir import (
+    FINDINGS_FILE,
     CLUSTERS_FILE,
     GROUPS_FILE,
     MODEL_FILE,

@@ -10,7 +10,9 @@ and each folder's marker file, written last, says the stage finished.
                                     checkpoint_*/state.pt (Ray Train's), skipped_images.csv
     RUN/features/                   the Parquet feature table (``pipelines.feature_table``)
     RUN/stability/                  per_k/k=05/{labels.npy,result.json}, ids.npy, sweep.json,
-                                    runs.csv, clusters.csv, contingency/, plots/, summary.csv (last)
+                                    runs.csv, clusters.csv, findings.json (the recommended k, every
+                                    cluster), assignments.parquet|csv (id, path, k, cluster),
+                                    contingency/, plots/, summary.csv (last)
     RUN/recluster/                  groups.json, co_assignment.csv, classes.csv, plots/
     RUN/report/                     report.html, report.md, prototypes_k*.png
 """
@@ -34,6 +36,7 @@ SKIPPED_IMAGES_FILE = "skipped_images.csv"
 PER_K, IDS_FILE, MANIFEST, TRANSFORMED = "per_k", "ids.npy", "sweep.json", "transformed.npy"
 SUMMARY_FILE, CLUSTERS_FILE, RUNS_FILE = "summary.csv", "clusters.csv", "runs.csv"
 REPRESENTATION_FILE = "representation.csv"
+FINDINGS_FILE, ASSIGNMENTS_PARQUET, ASSIGNMENTS_CSV = "findings.json", "assignments.parquet", "assignments.csv"
 # recluster/ and report/
 GROUPS_FILE, REPORT_HTML, REPORT_MD = "groups.json", "report.html", "report.md"
 # The file whose presence says a stage finished (the train stage also needs its epochs).

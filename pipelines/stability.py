@@ -49,9 +49,6 @@ from threadpoolctl import threadpool_limits
 from pipelines.config import StabilityConfig, parse_transform
 from pipelines.errors import OutputExistsError
 from pipelines.findings import (
-    ASSIGNMENTS_CSV,
-    ASSIGNMENTS_PARQUET,
-    FINDINGS_FILE,
     STABLE_JACCARD,
     attribute_findings,
     attributes_from_pattern,
@@ -61,6 +58,9 @@ from pipelines.findings import (
 )
 from pipelines.measures import cross_model_agreement
 from pipelines.rundir import (
+    ASSIGNMENTS_CSV,
+    ASSIGNMENTS_PARQUET,
+    FINDINGS_FILE,
     CLUSTERS_FILE,
     IDS_FILE,
     MANIFEST,
