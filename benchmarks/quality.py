@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from pipelines.transforms import fit_clusters
 
 RESULTS = REPO / "RESULTS.md"
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+PRESETS = ()  # the recipes make quality measures beside the seed's (configs/*.toml)
 DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces" / "att_faces"
 
 
@@ -68,6 +69,18 @@ class DataSet:
     k: int
     train: TrainConfig  # per autoencoder seed: replace(seed=...)
     test_ids_from: int | None  # ids >= this are the test images (Fashion-MNIST); None: no test column
+    recipe: str = ""  # a preset of configs/ whose [train] options the autoencoders take ("": the seed's)
+
+
+def with_preset(dataset: DataSet, preset: str) -> DataSet:
+    """``dataset`` trained with the [train] options of ``configs/<preset>.toml``, its epochs excepted
+    (every recipe gets --ae-epochs); its rows are named "AE <preset>, ...", the pixel rows left out."""
+    from dataclasses import replace
+
+    from pipelines.pipeline import load_config_file, preset_path
+
+    options = {k: v for k, v in load_config_file(preset_path(preset)).get("train", {}).items() if k != "epochs"}
+    return replace(dataset, train=replace(dataset.train, **options), recipe=preset)
 
 
 def fashion_mnist(args) -> DataSet:
@@ -129,7 +142,7 @@ def prepare_models(dataset: DataSet, args) -> list:
     from pipelines.feature_table import read_features
     from pipelines.train import train
 
-    folder = args.out / dataset.name.lower().replace(" ", "-")
+    folder = args.out / (dataset.name.lower().replace(" ", "-") + (f"-{dataset.recipe}" if dataset.recipe else ""))
     tables = []
     for seed in range(args.ae_seeds):
         run_dir, features = folder / f"ae-seed{seed}", folder / f"features-seed{seed}"
@@ -161,7 +174,9 @@ def quality_table(dataset: DataSet, args) -> pd.DataFrame:
     test = reference.ids >= dataset.test_ids_from if dataset.test_ids_from is not None else None
     pixels = pixels_of(dataset, reference.ids)
     rows, transformed = [], {}
-    for recipe in RECIPES:
+    for recipe in [r for r in RECIPES if not (dataset.recipe and r.source == "pixels")]:
+        if dataset.recipe:
+            recipe = Recipe(recipe.name.replace("AE", f"AE {dataset.recipe}", 1), *astuple(recipe)[1:])
         X = pixels if recipe.source == "pixels" else reference.X
         labels, seconds = cluster(X, recipe, dataset.k, args.seeds, transformed)
         row = {"recipe": recipe.name, **scores(labels, classes, test), "ae_seed_ari": float("nan"), "seconds": seconds}
@@ -191,7 +206,7 @@ def markdown(table: pd.DataFrame) -> str:
 def write_results(sections: list[tuple[DataSet, pd.DataFrame]], args) -> None:
     command = (f"python -m benchmarks.quality --ae-seeds {args.ae_seeds} --ae-epochs {args.ae_epochs} "
                f"--face-epochs {args.face_epochs} --seeds {args.seeds} --other-seeds {args.other_seeds}"
-               + (" --no-faces" if args.no_faces else "") + (f" --limit {args.limit}" if args.limit else ""))
+               + f" --presets '{','.join(args.presets)}'" + (" --no-faces" if args.no_faces else "") + (f" --limit {args.limit}" if args.limit else ""))
     body = [BEGIN, "", machine_markdown(machine()), f"Command: `{command}`", ""]
     for dataset, table in sections:
         body += [f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {dataset.train.epochs} epochs, "
@@ -217,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faces-dir", type=Path,
                         default=Path(os.environ.get("FEATURELENS_FACES_DIR", DEFAULT_FACES)),
                         help="the ORL faces ($FEATURELENS_FACES_DIR, else ../shared/data/faces/att_faces)")
+    parser.add_argument("--presets", type=lambda text: [p for p in text.split(",") if p], default=list(PRESETS),
+                        help=f"Fashion-MNIST recipes: presets of configs/ (default {','.join(PRESETS)}; '' for none)")
     parser.add_argument("--no-faces", action="store_true", help="Fashion-MNIST only")
     parser.add_argument("--limit", type=int, default=None,
                         help="Fashion-MNIST: the first N images of each split only (a quick check, not a result)")
@@ -228,11 +245,16 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.runtime import init_ray
 
     init_ray()
-    datasets = [fashion_mnist(args)] + ([] if args.no_faces else [orl_faces(args)])
+    datasets = [fashion_mnist(args), *[with_preset(fashion_mnist(args), p) for p in args.presets]]
+    datasets += [] if args.no_faces else [orl_faces(args)]
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     for dataset in datasets:  # written after each data set: a long run keeps what it finished
-        sections.append((dataset, quality_table(dataset, args)))
+        table = quality_table(dataset, args)
+        if dataset.recipe:  # a recipe's rows join its data set's table
+            dataset, rows = sections.pop()
+            table = pd.concat([rows, table], ignore_index=True)
+        sections.append((dataset, table))
         write_results(sections, args)
         print(f"[quality] {dataset.name}: table written to {RESULTS}", flush=True)
 

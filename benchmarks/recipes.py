@@ -91,8 +91,9 @@ def measure(name: str, args, data) -> dict:
     import torch
 
     from pipelines.config import TrainConfig
-    from pipelines.model import ModelSpec, load_model, save_model
-    from pipelines.train import encode
+    from pipelines.measures import class_agreement
+    from pipelines.model import ModelSpec, load_model, save_model, scale_images
+    from pipelines.train import encode, soft_assignment
 
     train_images, test_images, labels, k = data
     if name == "pixels":
@@ -112,33 +113,12 @@ def measure(name: str, args, data) -> dict:
     save_model(OUT / f"{args.data}-{name}-e{args.epochs}-s{args.ae_seed}.pt", model)
     codes = encode(model, test_images)
     with torch.no_grad():
-        mse = float(torch.nn.functional.mse_loss(model.decoder(codes), encode_inputs(test_images)))
+        mse = float(torch.nn.functional.mse_loss(model.decoder(codes), scale_images(torch.from_numpy(test_images))))
     row = {"recipe": name, **kmeans_scores(codes.numpy(), labels, k, args.seeds), "test_mse": mse, "seconds": seconds}
-    if base:
-        hard = soft_labels(model, codes)
-        row["idec_own_acc"] = kmeans_free_acc(labels, hard)
+    if base:  # the refined model's own clusters: each image's most likely centroid
+        own = soft_assignment(codes, model.centroids.detach()).argmax(1).numpy()
+        row["idec_own_acc"] = class_agreement(labels, own)["acc"]
     return row
-
-
-def encode_inputs(images: np.ndarray):
-    import torch
-
-    from pipelines.model import scale_images
-
-    return scale_images(torch.from_numpy(np.asarray(images)))
-
-
-def soft_labels(model, codes) -> np.ndarray:
-    """The refined model's own clusters: each image's most likely centroid."""
-    from pipelines.train import soft_assignment
-
-    return soft_assignment(codes, model.centroids.detach()).argmax(1).numpy()
-
-
-def kmeans_free_acc(labels: np.ndarray, clusters: np.ndarray) -> float:
-    from pipelines.measures import class_agreement
-
-    return class_agreement(labels, clusters)["acc"]
 
 
 def main(argv: list[str] | None = None) -> None:

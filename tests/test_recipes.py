@@ -157,3 +157,19 @@ def test_recipe_options_are_checked():
     assert TrainConfig(corrupt="mask").corruption_level == 0.5
     assert Recipe.of(TrainConfig(corrupt="gaussian", corrupt_level=0.3)).level == 0.3
     assert Recipe.of(TrainConfig()) == PLAIN
+
+
+def test_recipes_run_through_ray_train_and_refinement_continues_the_run(ray_session, tmp_path):
+    """Two workers (DDP over the centroids too): a masked 16-d run, then IDEC refinement from it."""
+    from pipelines.config import DataConfig
+    from pipelines.train import train
+
+    data = DataConfig(limit=256)
+    first = train(data, TrainConfig(epochs=1, workers=2, code_dim=16, corrupt="mask"), tmp_path / "masked")
+    model, _ = load_model(first.run_dir)
+    assert model.spec.code_dim == 16 and model.encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 16)
+    config = TrainConfig(epochs=1, workers=2, code_dim=16, clusters=4, init_from=str(first.run_dir), consistency=0.5)
+    refined = train(data, config, tmp_path / "refined")
+    model, _ = load_model(refined.run_dir)
+    assert model.spec.clusters == 4 and model.centroids.shape == (4, 16)
+    assert refined.history[0]["test_loss"] < 0.2
