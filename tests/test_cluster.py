@@ -73,7 +73,7 @@ def test_pipeline_submitted_with_ray_job_submit_succeeds(local_cluster, tmp_path
         submitted = ray_cli(
             "job", "submit", "--address", address, "--no-wait", "--submission-id", "featurelens-test",
             "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git", "**/__pycache__"]}),
-            "--", sys.executable, "-m", "jobs.pipeline", "--config", str(config), "--run-dir", str(run_dir),
+            "--", sys.executable, "-m", "jobs.pipeline", "--config", str(config), "--out", str(run_dir),
             env=env,
         )
         if not any(later in submitted.stderr for later in ("No available agent", "Connection refused")):
@@ -92,3 +92,5 @@ def test_pipeline_submitted_with_ray_job_submit_succeeds(local_cluster, tmp_path
     stages = json.loads((run_dir / "stages.json").read_text())
     assert list(stages) == ["train", "extract", "stability", "recluster", "report"]
     assert (run_dir / "report" / "report.html").stat().st_size > 10_000
+    assert f"featurelens: Ray's and the libraries' logs go to {run_dir / 'featurelens.log'}" in logs
+    assert (run_dir / "featurelens.log").stat().st_size > 0 and "Traceback" not in logs
