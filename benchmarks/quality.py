@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                         default=Path(os.environ.get("FEATURELENS_FACES_DIR", DEFAULT_FACES)),
                         help="the ORL faces ($FEATURELENS_FACES_DIR, else ../shared/data/faces/att_faces)")
     parser.add_argument("--presets", type=lambda text: [p for p in text.split(",") if p], default=list(PRESETS),
-                        help=f"Fashion-MNIST recipes: presets of configs/ (default {','.join(PRESETS)}; '' for none)")
+                        help=f"Fashion-MNIST recipes: presets of configs/ (default: {','.join(PRESETS) or 'none'}; '' for none)")
     parser.add_argument("--no-faces", action="store_true", help="Fashion-MNIST only")
     parser.add_argument("--limit", type=int, default=None,
                         help="Fashion-MNIST: the first N images of each split only (a quick check, not a result)")
