@@ -38,13 +38,13 @@ run: $(STAMP) system-packages
 
 # The cluster test runs `ray stop` at its end, so it gets a pytest session of its own, last.
 test: $(STAMP) system-packages
-	$(PY) -m pytest -m "not cluster and not gpu"
+	$(PY) -m pytest -m "not cluster and not gpu and not readme"
 	$(PY) -m pytest -m cluster
 
 # Every command block of the README run as written (small sizes appended) from a clone-like folder:
 # about 15 minutes; `make test` only parses them.
 test-readme: $(STAMP) system-packages
-	FEATURELENS_README_FULL=1 $(PY) -m pytest tests/test_readme.py
+	$(PY) -m pytest -m readme
 
 # Where a GPU is present: its results against the CPU's.
 test-gpu: $(STAMP)

@@ -56,7 +56,7 @@ from pipelines.findings import (
     natural_key,
     recommend_k,
 )
-from pipelines.measures import cross_model_agreement
+from pipelines.measures import bootstrap_indices, cross_model_agreement
 from pipelines.rundir import (
     ASSIGNMENTS_CSV,
     ASSIGNMENTS_PARQUET,
@@ -75,6 +75,7 @@ from pipelines.rundir import (
 )
 from pipelines.storage import atomic_output, write_json_atomic
 from pipelines.sweep_scores import (
+    BOOTSTRAP_SEED,
     KResult,
     SweepData,
     clusters_table,
@@ -107,6 +108,12 @@ def check_k_fits(config: StabilityConfig, n_points: int) -> None:
     if config.resamples and k_max > subsample_size:
         raise ValueError(f"k={k_max} is more than the {subsample_size} points of a subsample "
                          f"(subsample_fraction={config.subsample_fraction} of {n_points} rows)")
+    # clusterboot refits on the distinct drawn points, about 63% of them: look only when k is near that
+    if config.resamples and config.bootstrap == "clusterboot" and k_max > n_points / 2:
+        distinct = min(len(np.unique(draw)) for draw in bootstrap_indices(n_points, config.resamples, BOOTSTRAP_SEED))
+        if k_max > distinct:
+            raise ValueError(f"k={k_max} is more than the {distinct} distinct points of a bootstrap resample "
+                             f"of the {n_points} rows (clusterboot refits on them); sweep smaller k")
 
 
 # --- the transformed points ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ The fast test (in `make test`) parses every `python -m jobs....` command of the 
 command blocks and the inline ones) with the job's own parser and builds its configs, from a
 folder laid out like a clone (configs/ beside it, ../shared above it) that is not the repository.
 The full test runs every command block's jobs, in order, with small sizes appended, from such a
-folder; it takes several minutes: `make test-readme` (FEATURELENS_README_FULL=1)."""
+folder; it takes several minutes: `make test-readme` (pytest -m readme)."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def build_configs(job: str, args) -> None:
             config_from_arguments(args, config_class)
 
 
-@pytest.mark.skipif(not os.environ.get("FEATURELENS_README_FULL"), reason="several minutes: make test-readme")
+@pytest.mark.readme
 def test_every_readme_command_block_runs_from_a_clone_like_folder(clone):
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)

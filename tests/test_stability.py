@@ -325,3 +325,10 @@ def test_the_class_heatmap_lists_the_classes_in_natural_order(monkeypatch, tmp_p
     with threadpool_limits(1):
         stability.write_outputs(tmp_path, data, config, [sweep_scores.evaluate_k(data.X, 3, config, data.classes)])
     assert drawn["rows"] == ["s1", "s2", "s10"]
+
+
+def test_a_k_above_the_distinct_points_of_a_bootstrap_is_refused_before_the_sweep():
+    """clusterboot refits on the distinct drawn points (about 63% of them): 64 rows leave 39 for k = 40."""
+    with pytest.raises(ValueError, match=r"k=40 is more than the 39 distinct points of a bootstrap resample"):
+        stability.check_k_fits(StabilityConfig(k="2-40", resamples=3), 64)
+    stability.check_k_fits(StabilityConfig(k="2-40", resamples=3, bootstrap="duplicates"), 64)
