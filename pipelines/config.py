@@ -111,6 +111,22 @@ class TrainConfig:
         "none, flip (each training image mirrored left-right with probability 1/2), shift (moved by up to "
         "2 pixels each way, zeros shifted in) or flip+shift",
     )
+    code_dim: int = opt(512, "autoencoder: width of the code (the features); 512 is the seed's")
+    corrupt: str = opt(
+        "none",
+        "autoencoder: corruption of the training inputs, the loss taken against the clean image: none, gaussian "
+        "(noise of std corrupt_level, clipped to [0, 1]), salt (a corrupt_level share of the pixels set to 0 or 1) "
+        "or mask (a corrupt_level share of mask_patch x mask_patch patches zeroed)",
+    )
+    corrupt_level: float | None = opt(None, "strength of corrupt; default 0.2 (gaussian, salt), 0.5 (mask)")
+    mask_patch: int = opt(4, "corrupt mask: side of the square patches zeroed (1: single pixels)")
+    consistency: float = opt(
+        0.0, "autoencoder: weight of a term pulling each image's code towards its code when shifted by up to "
+        "2 pixels (1 - cosine similarity; 0: off)")
+    clusters: int = opt(
+        0, "autoencoder: cluster refinement (IDEC) with this many centroids, initialised by KMeans of the codes "
+        "of the init_from model (its decoder too); 0: off")
+    cluster_weight: float = opt(0.1, "cluster refinement: weight of the KL term beside reconstruction (IDEC's 0.1)")
     workers: int = opt(2, "Ray Train workers (data-parallel)")
     cpus_per_worker: float | None = opt(
         None, "CPUs per worker; default: the cluster's CPUs less one for Ray Data, shared out"
@@ -243,7 +259,6 @@ class StabilityConfig:
         "representation stability: stability folders of autoencoders trained with other seeds "
         "(comma list); the partitions of this sweep are compared with theirs, point by point",
     )
-
     attributes: str | None = opt(
         None,
         "what the clusters mean: a CSV of per-image attributes keyed by a path or id column, any further "
@@ -326,6 +341,15 @@ class ReportConfig:
             parse_k(self.prototype_k)
         if self.nearest < 1:
             raise ValueError(f"nearest must be >= 1, got {self.nearest}")
+
+
+def natural_key(text: object) -> list:
+    """Sort key that orders digits by value: s2 before s10.
+
+    >>> sorted(["s10", "s2", "s1", "Bag"], key=natural_key)
+    ['Bag', 's1', 's2', 's10']
+    """
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
 def parse_k(text: str) -> list[int]:

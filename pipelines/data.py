@@ -20,7 +20,6 @@ import functools
 import gzip
 import logging
 import os
-import re
 import struct
 import time
 import zlib
@@ -32,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import SPLITS, DataConfig, check_choice
+from pipelines.config import SPLITS, DataConfig, check_choice, natural_key
 from pipelines.errors import DataError
 from pipelines.rundir import SKIPPED_IMAGES_FILE
 
@@ -296,11 +295,6 @@ def _image_tables(ids, images, labels, class_names) -> list[pa.Table]:
 
 
 # --- image folders -------------------------------------------------------------------------------
-
-
-def natural_key(text: str) -> list:
-    """'s2' sorts before 's10'."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def list_image_folder(root: str | Path) -> tuple[pa.Table, list[str]]:

@@ -21,16 +21,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from pipelines.config import natural_key
+
 STABLE_JACCARD = 0.75  # Hennig: clusters at or above are "stable" (0.85: "highly stable")
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders digits by value: s2 before s10.
-
-    >>> sorted(["s10", "s2", "s1", "Bag"], key=natural_key)
-    ['Bag', 's1', 's2', 's10']
-    """
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(name))]
 
 
 def k_standing(jaccard: Sequence[float], threshold: float = STABLE_JACCARD) -> dict:

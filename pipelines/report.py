@@ -22,7 +22,7 @@ import pandas as pd
 
 from pipelines import plots
 from pipelines.feature_table import read_features
-from pipelines.findings import natural_key
+from pipelines.config import natural_key
 from pipelines.rundir import (
     FINDINGS_FILE,
     CLUSTERS_FILE,

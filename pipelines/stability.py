@@ -46,14 +46,13 @@ import pandas as pd
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-from pipelines.config import StabilityConfig, parse_transform
+from pipelines.config import StabilityConfig, natural_key, parse_transform
 from pipelines.errors import OutputExistsError
 from pipelines.findings import (
     STABLE_JACCARD,
     attribute_findings,
     attributes_from_pattern,
     cluster_findings,
-    natural_key,
     recommend_k,
 )
 from pipelines.measures import bootstrap_indices, cross_model_agreement

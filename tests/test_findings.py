@@ -7,7 +7,7 @@ import pytest
 from sklearn.datasets import make_blobs
 from threadpoolctl import threadpool_limits
 
-from pipelines.config import StabilityConfig
+from pipelines.config import StabilityConfig, natural_key
 from pipelines.findings import (
     attribute_findings,
     attributes_from_pattern,
@@ -16,7 +16,6 @@ from pipelines.findings import (
     cluster_findings,
     dominant_class,
     enrichment_p,
-    natural_key,
     recommend_k,
 )
 from pipelines.sweep_scores import sweep_sequential
