@@ -13,6 +13,7 @@ import dataclasses
 from pipelines.cli import (add_config_arguments, add_output_argument, config_from_arguments, input_path, job_parser,
                            output_path, resolved_data, run_job)
 from pipelines.config import DataConfig, ExtractConfig
+from pipelines.storage import refuse_existing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--checkpoint is required: a training run directory or its model.pt")
         config = dataclasses.replace(config, checkpoint=input_path(config.checkpoint, "--checkpoint"))
         out = output_path(args.out, "--out")
+        refuse_existing(out, config.overwrite)
         check_model_fits(data, config)
         from pipelines.extract import extract_features
         from pipelines.runtime import init_ray, log_file_beside

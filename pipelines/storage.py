@@ -24,8 +24,7 @@ def atomic_output(final: str | Path, *, folder: bool = False, overwrite: bool = 
     folder is removed by the next write of the same folder. An existing ``final`` is refused
     (OutputExistsError) unless ``overwrite``."""
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise OutputExistsError(f"{final} already exists; pass --overwrite to replace it")
+    refuse_existing(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     if folder:
         for stale in final.parent.glob(f".{final.name}.tmp-*"):
@@ -41,6 +40,13 @@ def atomic_output(final: str | Path, *, folder: bool = False, overwrite: bool = 
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def refuse_existing(final: Path, overwrite: bool) -> None:
+    """OutputExistsError for an existing ``final`` unless ``overwrite``: a job checks this before
+    Ray starts, and ``atomic_output`` again when it writes."""
+    if final.exists() and not overwrite:
+        raise OutputExistsError(f"{final} already exists; pass --overwrite to replace it")
 
 
 def replace(tmp: Path, final: Path) -> None:

@@ -277,9 +277,10 @@ def test_skip_mode_lists_skipped_images_in_the_run_and_the_table_and_writes_noth
     data_options = ["--dataset", "images", "--data-dir", str(root), "--image-size", "28x28",
                     "--test-fraction", "0.5", "--on-bad-image", "skip"]
 
-    # Training starts its own Ray (no RAY_ADDRESS), from ``work``: its workers run there too.
+    # Training joins the session's Ray from ``work``: its workers run elsewhere, the relative
+    # --run-dir is resolved once, at the edge.
     trained = run_module("jobs.train", *data_options, "--epochs", "1", "--workers", "1", "--batch-size", "8",
-                         "--run-dir", "runs/faces", cwd=work)
+                         "--run-dir", "runs/faces", cwd=work, ray_address=ray_address)
     assert trained.returncode == 0, trained.stderr[-3000:]
     run_dir = work / "runs" / "faces"
     with open(run_dir / SKIPPED_IMAGES_FILE, newline="") as file:

@@ -160,16 +160,17 @@ def test_recipe_options_are_checked():
 
 
 def test_recipes_run_through_ray_train_and_refinement_continues_the_run(ray_session, tmp_path):
-    """Two workers (DDP over the centroids too): a masked 16-d run, then IDEC refinement from it."""
+    """One Ray Train run of two workers (DDP over the centroids too) with every option at once:
+    IDEC refinement of a 16-d autoencoder, masked inputs and the shift-consistency term."""
     from pipelines.config import DataConfig
     from pipelines.train import train
 
-    data = DataConfig(limit=256)
-    first = train(data, TrainConfig(epochs=1, workers=2, code_dim=16, corrupt="mask"), tmp_path / "masked")
-    model, _ = load_model(first.run_dir)
-    assert model.spec.code_dim == 16 and model.encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 16)
-    config = TrainConfig(epochs=1, workers=2, code_dim=16, clusters=4, init_from=str(first.run_dir), consistency=0.5)
-    refined = train(data, config, tmp_path / "refined")
+    torch.manual_seed(0)
+    save_model(tmp_path / "narrow" / "model.pt", Autoencoder(ModelSpec(code_dim=16)), mode="autoencoder")
+    config = TrainConfig(epochs=1, workers=2, code_dim=16, clusters=4, init_from=str(tmp_path / "narrow"),
+                         corrupt="mask", consistency=0.5)
+    refined = train(DataConfig(limit=256), config, tmp_path / "refined")
     model, _ = load_model(refined.run_dir)
+    assert model.spec.code_dim == 16 and model.encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 16)
     assert model.spec.clusters == 4 and model.centroids.shape == (4, 16)
-    assert refined.history[0]["test_loss"] < 0.2
+    assert refined.history[0]["train_images"] == 256  # both workers' shards
