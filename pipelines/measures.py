@@ -126,30 +126,12 @@ def contingency(
 
 
 def adjusted_rand_index(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
-    """Adjusted Rand index: pair-counting agreement, 0 at chance, 1 when identical.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    float
-    """
+    """Adjusted Rand index of two labelings: pair-counting agreement, 0 at chance, 1 when identical."""
     return float(adjusted_rand_score(*check_label_pair(labels_a, labels_b)))
 
 
 def adjusted_mutual_information(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
-    """Adjusted mutual information: 0 at chance, 1 when identical.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    float
-    """
+    """Adjusted mutual information of two labelings: 0 at chance, 1 when identical."""
     return float(adjusted_mutual_info_score(*check_label_pair(labels_a, labels_b)))
 
 
@@ -157,14 +139,6 @@ def normalized_mutual_information(labels_a: ArrayLike, labels_b: ArrayLike) -> f
     """Normalised mutual information (arithmetic mean of the entropies).
 
     Not chance-corrected; kept because it is the customary companion of ACC.
-
-    Parameters
-    ----------
-    labels_a, labels_b : array-like of shape (n_points,)
-
-    Returns
-    -------
-    float
     """
     return float(normalized_mutual_info_score(*check_label_pair(labels_a, labels_b)))
 
@@ -192,19 +166,8 @@ def hungarian_agreement(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
 
 
 def clustering_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Clustering accuracy (ACC): :func:`hungarian_agreement` against known classes.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_points,)
-        Class labels.
-    y_pred : array-like of shape (n_points,)
-        Cluster labels.
-
-    Returns
-    -------
-    float
-    """
+    """Clustering accuracy (ACC): :func:`hungarian_agreement` of the cluster labels ``y_pred``
+    against the class labels ``y_true``."""
     return hungarian_agreement(*check_label_pair(y_true, y_pred, ("y_true", "y_pred")))
 
 
@@ -225,20 +188,8 @@ CLASS_AGREEMENT: dict[str, Measure] = {
 
 
 def class_agreement(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
-    """Every measure of ``CLASS_AGREEMENT`` between classes and clusters.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_points,)
-        Class labels.
-    y_pred : array-like of shape (n_points,)
-        Cluster labels.
-
-    Returns
-    -------
-    dict
-        ``{"acc": float, "nmi": float, "ari": float}``.
-    """
+    """Every measure of ``CLASS_AGREEMENT`` between the classes ``y_true`` and the clusters
+    ``y_pred``: ``{"acc": float, "nmi": float, "ari": float}``."""
     y_true, y_pred = check_label_pair(y_true, y_pred, ("y_true", "y_pred"))
     return {name: measure(y_true, y_pred) for name, measure in CLASS_AGREEMENT.items()}
 
@@ -501,20 +452,8 @@ def _check_resample_counts(n: int, n_resamples: int) -> None:
 
 
 def bootstrap_indices(n: int, n_resamples: int, seed: int) -> list[NDArray[np.int64]]:
-    """Bootstrap resamples: ``n`` indices drawn with replacement, reproducible from ``seed``.
-
-    Parameters
-    ----------
-    n : int
-        Number of points.
-    n_resamples : int
-    seed : int
-
-    Returns
-    -------
-    list of ndarray of shape (n,)
-        Sorted indices (order does not matter to the measures).
-    """
+    """``n_resamples`` bootstrap resamples of ``n`` points: ``n`` indices drawn with replacement,
+    sorted (order does not matter to the measures), reproducible from ``seed``."""
     _check_resample_counts(n, n_resamples)
     rng = np.random.default_rng(seed)
     return [np.sort(rng.integers(0, n, size=n)) for _ in range(n_resamples)]
@@ -523,22 +462,8 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int) -> list[NDArray[np.in
 def subsample_indices(
     n: int, n_resamples: int, seed: int, fraction: float = 0.8
 ) -> list[NDArray[np.int64]]:
-    """Subsamples: ``round(fraction * n)`` distinct indices, reproducible from ``seed``.
-
-    Parameters
-    ----------
-    n : int
-        Number of points.
-    n_resamples : int
-    seed : int
-    fraction : float
-        Share of points kept, in ``(0, 1]``.
-
-    Returns
-    -------
-    list of ndarray of shape (round(fraction * n),)
-        Sorted indices without repeats.
-    """
+    """``n_resamples`` subsamples of ``n`` points: ``round(fraction * n)`` distinct indices
+    (``fraction`` in (0, 1]), sorted, reproducible from ``seed``."""
     _check_resample_counts(n, n_resamples)
     size = round(fraction * n)
     if not 0.0 < fraction <= 1.0 or size < 1:
