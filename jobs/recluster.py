@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipelines.recluster import run_recluster
 
         outcome = run_recluster(stability, features, config, output_path(args.out, "--out"), overwrite=args.overwrite)
-        print(f"featurelens recluster: {outcome.line()}")
+        print(f"featurelens recluster: {outcome.line()} -> {outcome.out}")
 
     run_job("recluster", job)
 

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging()
         if plan.todo:
             init_ray(log_file=log_file_beside(out))
-        print(f"featurelens stability: {run_sweep(plan).line()}")
+        outcome = run_sweep(plan)
+        print(f"featurelens stability: {outcome.line()} -> {outcome.out}")
 
     run_job("stability", job)
 

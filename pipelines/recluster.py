@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import plots
-from pipelines.config import ReclusterConfig
+from pipelines.config import ReclusterConfig, natural_key
 from pipelines.class_groups import (
     ReclusterResult,
     canonical_partition,
@@ -61,7 +61,7 @@ class ReclusterOutcome:
     def line(self) -> str:
         groups = " | ".join("{" + ", ".join(group) + "}" for group in self.partition)
         return (f"k={self.config.k} → {groups} in {self.partition_seeds}/{self.n_seeds} seeds "
-                f"({self.config.method}, k_re={self.config.k_re}) → {self.out}")
+                f"({self.config.method}, k_re={self.config.k_re})")
 
 
 def load_class_labels(stability: str | Path, features: str | Path | None, k: int) -> ClassLabels:
@@ -94,7 +94,7 @@ def regroup_seeds(labels: ClassLabels, config: ReclusterConfig) -> list[Recluste
 
 def names_of(class_indices, class_ids: np.ndarray, class_names: list[str]) -> list[str]:
     """Class names of rows of a ReclusterResult (row i is class ``class_ids[i]``), sorted."""
-    return sorted(class_names[class_ids[row]] for row in class_indices)
+    return sorted((class_names[class_ids[row]] for row in class_indices), key=natural_key)
 
 
 def most_frequent_partition(groupings: np.ndarray) -> tuple[frozenset[frozenset[int]], int]:
@@ -109,7 +109,8 @@ def run_recluster(stability: str | Path, features: str | Path | None, config: Re
     class_ids = results[0].class_ids  # the same classes for every seed
     groupings = np.vstack([result.groups for result in results])
     partition, partition_seeds = most_frequent_partition(groupings)
-    partition_names = sorted(names_of(group, class_ids, labels.class_names) for group in partition)
+    partition_names = sorted((names_of(group, class_ids, labels.class_names) for group in partition),
+                             key=lambda names: natural_key(names[0]))
     names = [labels.class_names[class_id] for class_id in class_ids]
     with atomic_output(out, folder=True, overwrite=overwrite) as folder:
         write_json_atomic(folder / GROUPS_FILE, {

@@ -115,7 +115,8 @@ def route_to_file(handler: logging.Handler) -> None:
         terminal = [h for h in logger.handlers if type(h) in TERMINAL_HANDLERS or type(h).__name__ == "PlainRayHandler"]
         for old in terminal:
             logger.removeHandler(old)
-        if (terminal or name in ("", "ray")) and handler not in logger.handlers:
+        # a logger that does not propagate (Ray Data's, once it has run) would bypass the file otherwise
+        if (terminal or name in ("", "ray") or not logger.propagate) and handler not in logger.handlers:
             logger.addHandler(handler)
 
 

@@ -206,8 +206,7 @@ class SweepOutcome:
 
     def line(self) -> str:
         ks, seed_ari = self.summary["k"], self.summary["ari_mean"]
-        text = (f"k={ks.iloc[0]}..{ks.iloc[-1]} in {self.out}: "
-                f"computed {len(self.computed)} k, reused {len(self.skipped)}")
+        text = f"k={ks.iloc[0]}..{ks.iloc[-1]}: computed {len(self.computed)} k, reused {len(self.skipped)}"
         findings = json.loads((self.out / FINDINGS_FILE).read_text()) if (self.out / FINDINGS_FILE).is_file() else {}
         if findings.get("recommended_k") is not None:  # the findings' rule, not the seeds' agreement (small k)
             return text + f"; recommended k={findings['recommended_k']} (runner-up {findings['runner_up']})"

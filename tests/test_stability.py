@@ -332,3 +332,9 @@ def test_a_k_above_the_distinct_points_of_a_bootstrap_is_refused_before_the_swee
     with pytest.raises(ValueError, match=r"k=40 is more than the 39 distinct points of a bootstrap resample"):
         stability.check_k_fits(StabilityConfig(k="2-40", resamples=3), 64)
     stability.check_k_fits(StabilityConfig(k="2-40", resamples=3, bootstrap="duplicates"), 64)
+
+
+def test_the_recluster_stage_names_class_groups_in_natural_order():
+    from pipelines.recluster import names_of
+
+    assert names_of([0, 1, 2], np.array([0, 1, 2]), ["s10", "s2", "s1"]) == ["s1", "s2", "s10"]
