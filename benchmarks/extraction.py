@@ -59,7 +59,7 @@ def plain_extract(model_path: str, out: str, images: int, batch: int, threads: i
 
     from pipelines.data import FASHION_MNIST_CLASSES, fashion_mnist_arrays
     from pipelines.feature_table import feature_schema, feature_table
-    from pipelines.model import load_model, scale_images
+    from pipelines.model import encode_batch, load_model
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -72,13 +72,11 @@ def plain_extract(model_path: str, out: str, images: int, batch: int, threads: i
     names = np.asarray(FASHION_MNIST_CLASSES, dtype=object)
     schema = feature_schema(model.spec.code_dim)
     Path(out).mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(str(Path(out) / "features.parquet"), schema) as writer, torch.no_grad():
+    with pq.ParquetWriter(str(Path(out) / "features.parquet"), schema) as writer:
         for i in range(0, len(pixels), batch):
-            inputs = scale_images(torch.from_numpy(pixels[i : i + batch].copy()).to(device))  # uint8 travels
-            reconstructions, codes = model(inputs)
-            recon_mse = (reconstructions - inputs).square().flatten(1).mean(1)
-            codes, recon_mse = codes.cpu(), recon_mse.cpu()
-            n = len(inputs)
+            codes, recon_mse = encode_batch(model, torch.from_numpy(pixels[i : i + batch].copy()).to(device))
+            codes, recon_mse = codes.cpu(), recon_mse.cpu()  # the uint8 images travelled to the device
+            n = len(codes)
             rows = pa.table({"id": pa.array(np.arange(i, i + n), pa.int64()), "label": pa.array(labels[i : i + n]),
                              "label_name": pa.array(names[labels[i : i + n]], pa.string()),
                              "path": pa.nulls(n, pa.string())})

@@ -23,7 +23,7 @@ from pipelines.config import DataConfig, ExtractConfig
 from pipelines.data import ImageSource, load_images
 from pipelines.errors import DataError, ResourceError
 from pipelines.feature_table import check_unique_ids, feature_schema, feature_table, parquet_files
-from pipelines.model import Autoencoder, ModelSpec, fingerprint, load_model, resolve_model_path, scale_images
+from pipelines.model import Autoencoder, ModelSpec, encode_batch, fingerprint, load_model, resolve_model_path
 from pipelines.progress import watch_rows
 from pipelines.runtime import cluster_cpus, cluster_gpus, init_ray
 from pipelines.storage import atomic_output
@@ -75,9 +75,7 @@ class EncodeImages:
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
         images = image_array(batch["image"], batch["id"], self.model.spec)
-        inputs = scale_images(torch.from_numpy(images).to(self.device))
-        reconstructions, codes = self.model(inputs)
-        recon_mse = (reconstructions - inputs).square().flatten(1).mean(1)
+        codes, recon_mse = encode_batch(self.model, torch.from_numpy(images).to(self.device))
         return feature_table(batch, codes.cpu().numpy(), recon_mse.cpu().numpy())
 
 

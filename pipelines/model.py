@@ -156,6 +156,15 @@ def scale_images(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+@torch.no_grad()
+def encode_batch(model: Autoencoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [n, code_dim], reconstruction MSE per image [n]) of uint8 images (n, H, W[, C]) on the
+    model's device: what a feature table holds for each image."""
+    inputs = scale_images(images)
+    reconstructions, codes = model(inputs)
+    return codes, (reconstructions - inputs).square().flatten(1).mean(1)
+
+
 def save_model(path: str | Path, model: Autoencoder, **info: object) -> None:
     """Write the weights and the spec (plus JSON-able ``info``) atomically."""
     payload = {
