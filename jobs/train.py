@@ -11,6 +11,7 @@ import dataclasses
 from pipelines.cli import (add_config_arguments, add_output_argument, config_from_arguments, input_path, job_parser,
                            output_path, resolved_data, run_job)
 from pipelines.config import DataConfig, TrainConfig
+from pipelines.rundir import LOG_FILE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipelines.runtime import init_ray
         from pipelines.train import train
 
-        init_ray(log_file=run_dir / "featurelens.log")
+        init_ray(log_file=run_dir / LOG_FILE)
         train(data, config, run_dir)
 
     run_job("train", job)

@@ -26,7 +26,7 @@ from pipelines.config import (
     StabilityConfig,
     TrainConfig,
 )
-from pipelines.rundir import CONFIG_FILE, STAGES, STAGES_FILE, REPORT_HTML, stage_dir, stage_done
+from pipelines.rundir import CONFIG_FILE, LOG_FILE, REPORT_HTML, STAGES, STAGES_FILE, stage_dir, stage_done
 from pipelines.storage import write_json_atomic, write_text_atomic
 
 # The config sections each stage reads, its own and those of the stages before it.
@@ -244,7 +244,7 @@ def option_name(key: str) -> str:
 
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, from_stage: str | None = None) -> Path:
     """Run every stage that is not done yet (all from ``from_stage`` on); returns the report path."""
-    from pipelines.runtime import LOG_FILE, init_ray
+    from pipelines.runtime import init_ray
 
     if from_stage is not None and from_stage not in STAGES:
         raise ValueError(f"--from must be one of {', '.join(STAGES)}; got {from_stage!r}")

@@ -6,6 +6,7 @@ and each folder's marker file, written last, says the stage finished.
 
     RUN/config.toml                 the resolved config (every option, defaults included)
     RUN/stages.json                 per stage: wall time, finish time, one-line summary
+    RUN/featurelens.log             Ray's and the libraries' log (a lone job's: OUT.log beside OUT)
     RUN/train/                      model.pt, metrics.jsonl, loss_curve.png, reconstructions.png,
                                     checkpoint_*/state.pt (Ray Train's), skipped_images.csv
     RUN/features/                   the Parquet feature table (``pipelines.feature_table``)
@@ -28,6 +29,7 @@ STAGES = ("train", "extract", "stability", "recluster", "report")
 STAGE_DIRS = {"train": "train", "extract": "features", "stability": "stability", "recluster": "recluster",
               "report": "report"}
 CONFIG_FILE, STAGES_FILE = "config.toml", "stages.json"
+LOG_FILE = "featurelens.log"  # Ray's and the libraries' output (the terminal keeps featurelens's lines)
 
 # train/
 MODEL_FILE, METRICS_FILE, STATE_FILE = "model.pt", "metrics.jsonl", "state.pt"

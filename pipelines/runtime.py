@@ -9,6 +9,8 @@ from pathlib import Path
 
 import ray
 
+from pipelines.rundir import LOG_FILE
+
 log = logging.getLogger("featurelens")
 
 
@@ -40,7 +42,6 @@ def init_ray(num_cpus: int | None = None, log_file: Path | None = None) -> None:
     quiet_ray_data()
 
 
-LOG_FILE = "featurelens.log"
 
 
 def log_file_beside(out: Path) -> Path:

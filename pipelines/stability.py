@@ -202,12 +202,12 @@ class SweepOutcome:
     computed: list[int]
     skipped: list[int]
     summary: pd.DataFrame = field(repr=False)
+    findings: dict = field(repr=False)  # what findings.json holds
     out: Path
 
     def line(self) -> str:
-        ks, seed_ari = self.summary["k"], self.summary["ari_mean"]
+        ks, seed_ari, findings = self.summary["k"], self.summary["ari_mean"], self.findings
         text = f"k={ks.iloc[0]}..{ks.iloc[-1]}: computed {len(self.computed)} k, reused {len(self.skipped)}"
-        findings = json.loads((self.out / FINDINGS_FILE).read_text()) if (self.out / FINDINGS_FILE).is_file() else {}
         if findings.get("recommended_k") is not None:  # the findings' rule, not the seeds' agreement (small k)
             return text + f"; recommended k={findings['recommended_k']} (runner-up {findings['runner_up']})"
         return text + (f"; most stable across seeds: k={ks[seed_ari.idxmax()]}" if seed_ari.notna().any() else "")
@@ -237,8 +237,8 @@ def run_sweep(plan: SweepPlan) -> SweepOutcome:
     if plan.todo:
         run_trials(plan, transformed_points(plan))
     results = [load_k_result(plan.out, k) for k in plan.config.k_values]
-    summary = write_outputs(plan.out, plan.data, plan.config, results)
-    return SweepOutcome(plan.todo, plan.done, summary, plan.out)
+    summary, findings = write_outputs(plan.out, plan.data, plan.config, results)
+    return SweepOutcome(plan.todo, plan.done, summary, findings, plan.out)
 
 
 def run_stability(data: SweepData, config: StabilityConfig, out: str | Path, overwrite: bool = False) -> SweepOutcome:
@@ -315,8 +315,9 @@ def trial_cpus(requested: float | None, available: float, n_trials: int) -> floa
 # --- tables and figures -------------------------------------------------------------------------
 
 
-def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: list[KResult]) -> pd.DataFrame:
-    """Every summary of the sweep, each file atomically; returns the per-k summary."""
+def write_outputs(out: Path, data: SweepData, config: StabilityConfig,
+                  results: list[KResult]) -> tuple[pd.DataFrame, dict]:
+    """Every summary of the sweep, each file atomically; returns the per-k summary and the findings."""
     from pipelines import plots  # here: the trials, which import this module, need no matplotlib
 
     summary = pd.DataFrame([summary_row(result) for result in results])
@@ -324,7 +325,8 @@ def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: 
     write_csv(runs_table(results), out / RUNS_FILE)
     write_csv(clusters, out / CLUSTERS_FILE)
     save_npy(out / IDS_FILE, data.ids)
-    write_json_atomic(out / FINDINGS_FILE, findings_document(data, config, results))
+    findings = findings_document(data, config, results)
+    write_json_atomic(out / FINDINGS_FILE, findings)
     write_assignments(out, assignments_table(data, results))
     if data.classes is not None:
         with atomic_output(out / "contingency", folder=True) as folder:
@@ -344,7 +346,7 @@ def write_outputs(out: Path, data: SweepData, config: StabilityConfig, results: 
     if config.compare_runs:
         write_csv(representation_table(data, config, results), out / REPRESENTATION_FILE)
     write_csv(summary, out / SUMMARY_FILE)  # last: the summary marks a finished sweep (pipelines.rundir)
-    return summary
+    return summary, findings
 
 
 def findings_document(data: SweepData, config: StabilityConfig, results: list[KResult]) -> dict:

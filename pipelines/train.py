@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import tempfile
 import time
@@ -38,7 +37,6 @@ from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scal
 from pipelines.rundir import METRICS_FILE, MODEL_FILE, SKIPPED_IMAGES_FILE, STATE_FILE, read_metrics
 from pipelines.storage import write_text_atomic
 
-log = logging.getLogger("featurelens.training")
 
 LOCAL_SHUFFLE_BUFFER = 4096
 
