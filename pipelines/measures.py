@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import linear_sum_assignment
+from scipy.special import gammaln
 from sklearn.metrics import (
     adjusted_mutual_info_score,
     adjusted_rand_score,
@@ -160,9 +161,7 @@ def hungarian_agreement(labels_a: ArrayLike, labels_b: ArrayLike) -> float:
         In ``[0, 1]``. Its chance level is not 0: for two independent partitions
         into ``k`` equal clusters it is at least ``1 / k``.
     """
-    counts, _, _ = contingency(labels_a, labels_b)
-    rows, cols = linear_sum_assignment(counts, maximize=True)
-    return float(counts[rows, cols].sum() / counts.sum())
+    return hungarian_from_table(contingency(labels_a, labels_b)[0])
 
 
 def clustering_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
@@ -192,6 +191,125 @@ def class_agreement(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
     ``y_pred``: ``{"acc": float, "nmi": float, "ari": float}``."""
     y_true, y_pred = check_label_pair(y_true, y_pred, ("y_true", "y_pred"))
     return {name: measure(y_true, y_pred) for name, measure in CLASS_AGREEMENT.items()}
+
+
+# --- the same measures from a contingency table ---------------------------------------------
+# The sweep's assignment pass never holds every row's labels: it counts, per batch, the points
+# each pair of clusters shares, and the scores are computed from the summed tables. Rows of a
+# table are the first labeling's clusters, columns the second's; empty rows and columns count
+# for nothing. Each equals its label-based twin above (tests/test_measures.py checks it).
+
+# Terms of the expected mutual information further than this many standard deviations from the
+# hypergeometric mean weigh less than exp(-70) and are left out: 10^7 points stay seconds of work.
+EMI_WINDOW_SD = 12.0
+
+
+def _present(counts: ArrayLike) -> NDArray[np.int64]:
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 2 or (counts < 0).any():
+        raise ValueError(f"a contingency table must be a 2-D array of counts >= 0, got shape {counts.shape}")
+    return counts[counts.sum(axis=1) > 0][:, counts.sum(axis=0) > 0]
+
+
+def hungarian_from_table(counts: ArrayLike) -> float:
+    """:func:`hungarian_agreement` of the two labelings a contingency table counts."""
+    counts = _present(counts)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / counts.sum())
+
+
+def ari_from_table(counts: ArrayLike) -> float:
+    """:func:`adjusted_rand_index` from a contingency table (scikit-learn's pair-confusion form)."""
+    counts = _present(counts)
+    n = int(counts.sum())
+    squares = int((counts ** 2).sum())
+    # Python ints: the products below overflow int64 from about 10^5 points on.
+    a_pairs = int(counts.sum(axis=1) @ counts.sum(axis=1)) - squares  # same cluster in a, not b ...
+    b_pairs = int(counts.sum(axis=0) @ counts.sum(axis=0)) - squares
+    both, neither = squares - n, n * n - a_pairs - b_pairs - squares
+    if a_pairs == 0 and b_pairs == 0:
+        return 1.0
+    return float(2 * (both * neither - a_pairs * b_pairs)
+                 / ((both + b_pairs) * (b_pairs + neither) + (both + a_pairs) * (a_pairs + neither)))
+
+
+def _entropy(sizes: NDArray[np.int64]) -> float:
+    share = sizes[sizes > 0] / sizes.sum()
+    return float(-(share * np.log(share)).sum())
+
+
+def _mutual_information(counts: NDArray[np.int64]) -> float:
+    n = counts.sum()
+    rows, cols = np.nonzero(counts)
+    cells = counts[rows, cols].astype(float)
+    outer = counts.sum(axis=1)[rows].astype(float) * counts.sum(axis=0)[cols]
+    return max(0.0, float((cells / n * (np.log(cells * n) - np.log(outer))).sum()))
+
+
+def nmi_from_table(counts: ArrayLike) -> float:
+    """:func:`normalized_mutual_information` (arithmetic mean) from a contingency table."""
+    counts = _present(counts)
+    if counts.shape[0] == counts.shape[1] == 1:
+        return 1.0
+    mutual = _mutual_information(counts)
+    if mutual == 0:
+        return 0.0
+    return mutual / ((_entropy(counts.sum(axis=1)) + _entropy(counts.sum(axis=0))) / 2)
+
+
+def expected_mutual_information(counts: ArrayLike) -> float:
+    """The mutual information two random labelings with these cluster sizes share on average
+    (hypergeometric model, Vinh et al. 2010), summed over the window of ``EMI_WINDOW_SD``."""
+    counts = _present(counts)
+    n = int(counts.sum())
+    a, b = np.meshgrid(counts.sum(axis=1), counts.sum(axis=0), indexing="ij")
+    a, b = a.ravel().astype(float), b.ravel().astype(float)
+    mean = a * b / n
+    sd = np.sqrt(a * b * (n - a) * (n - b) / (n * n * max(n - 1, 1)))
+    low = np.maximum(np.maximum(1, a + b - n), np.floor(mean - EMI_WINDOW_SD * sd - 2))
+    high = np.minimum(np.minimum(a, b), np.ceil(mean + EMI_WINDOW_SD * sd + 2))
+    lengths = np.maximum(high - low + 1, 0).astype(np.int64)
+    pair = np.repeat(np.arange(a.size), lengths)
+    nij = low[pair] + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    ai, bj = a[pair], b[pair]
+    log_p = (gammaln(ai + 1) + gammaln(bj + 1) + gammaln(n - ai + 1) + gammaln(n - bj + 1) - gammaln(n + 1)
+             - gammaln(nij + 1) - gammaln(ai - nij + 1) - gammaln(bj - nij + 1) - gammaln(n - ai - bj + nij + 1))
+    return float((nij / n * (np.log(n * nij) - np.log(ai * bj)) * np.exp(log_p)).sum())
+
+
+def ami_from_table(counts: ArrayLike) -> float:
+    """:func:`adjusted_mutual_information` (arithmetic mean) from a contingency table."""
+    counts = _present(counts)
+    if counts.shape[0] == counts.shape[1] == 1:
+        return 1.0
+    expected = expected_mutual_information(counts)
+    denominator = (_entropy(counts.sum(axis=1)) + _entropy(counts.sum(axis=0))) / 2 - expected
+    eps = np.finfo(float).eps
+    denominator = min(denominator, -eps) if denominator < 0 else max(denominator, eps)
+    return (_mutual_information(counts) - expected) / denominator
+
+
+TableMeasure = Callable[[ArrayLike], float]
+PARTITION_AGREEMENT_FROM_TABLE: dict[str, TableMeasure] = {
+    "ari": ari_from_table, "ami": ami_from_table, "hungarian": hungarian_from_table}
+CLASS_AGREEMENT_FROM_TABLE: dict[str, TableMeasure] = {
+    "acc": hungarian_from_table, "nmi": nmi_from_table, "ari": ari_from_table}
+
+
+def class_agreement_from_table(counts: ArrayLike) -> dict[str, float]:
+    """:func:`class_agreement` from a class x cluster table."""
+    return {name: measure(counts) for name, measure in CLASS_AGREEMENT_FROM_TABLE.items()}
+
+
+def seed_agreement_from_tables(pair_tables: Sequence[ArrayLike]) -> dict[str, dict[str, float | int]]:
+    """:func:`pairwise_seed_agreement_all` from one cluster x cluster table per pair of seeds."""
+    if len(pair_tables) == 0:
+        raise ValueError("pair_tables is empty: seed agreement needs at least 2 seeds")
+    result = {}
+    for name, measure in PARTITION_AGREEMENT_FROM_TABLE.items():
+        scores = np.array([measure(table) for table in pair_tables])
+        result[name] = {"mean": float(scores.mean()), "std": float(scores.std()), "n_pairs": int(scores.size)}
+    return result
 
 
 def pairwise_seed_agreement(labelings: ArrayLike, measure: str = "ari") -> dict[str, float | int]:

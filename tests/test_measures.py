@@ -7,6 +7,8 @@ is tested without writing a test for it.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -14,6 +16,12 @@ from sklearn.datasets import make_blobs
 
 from pipelines.measures import (
     CLASS_AGREEMENT,
+    CLASS_AGREEMENT_FROM_TABLE,
+    PARTITION_AGREEMENT_FROM_TABLE,
+    adjusted_mutual_information,
+    ami_from_table,
+    ari_from_table,
+    seed_agreement_from_tables,
     PARTITION_AGREEMENT,
     bootstrap_indices,
     bootstrap_jaccard,
@@ -322,3 +330,53 @@ def test_an_outlier_cluster_is_doubtful_under_clusterboot_and_perfect_when_skipp
     assert skipped["mean_jaccard"][outlier] == 1.0
     drawn = np.mean([len(X) - 1 in idx for idx in indices])
     assert kept["mean_jaccard"][outlier] == pytest.approx(drawn)
+
+
+# --- the same measures from contingency tables (the sweep's assignment pass) -------------------
+
+TABLE_TWINS = {
+    **{f"partition/{name}": (PARTITION_AGREEMENT[name], measure)
+       for name, measure in PARTITION_AGREEMENT_FROM_TABLE.items()},
+    **{f"class/{name}": (CLASS_AGREEMENT[name], measure) for name, measure in CLASS_AGREEMENT_FROM_TABLE.items()},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_TWINS))
+@pytest.mark.parametrize("case", ["random", "nested", "one-cluster", "identical"])
+def test_table_measure_equals_its_label_twin(name, case):
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 6, size=500)
+    b = {"random": rng.integers(0, 4, size=500), "nested": a // 2, "one-cluster": np.zeros(500, int),
+         "identical": a}[case]
+    on_labels, on_table = TABLE_TWINS[name]
+    assert on_table(contingency(a, b)[0]) == pytest.approx(on_labels(a, b), abs=1e-12)
+
+
+def test_table_measures_ignore_empty_clusters():
+    counts = contingency(LABELS, OTHER_LABELS)[0]
+    padded = np.zeros((6, 5), dtype=np.int64)
+    padded[:4, :4] = counts
+    for _, on_table in TABLE_TWINS.values():
+        assert on_table(padded) == pytest.approx(on_table(counts), abs=1e-12)
+
+
+def test_windowed_expected_mutual_information_matches_sklearn_on_many_points():
+    # 200,000 points: the window leaves out most terms, and must not change the AMI.
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 8, size=200_000)
+    b = np.where(rng.random(200_000) < 0.7, a, rng.integers(0, 8, size=200_000))
+    assert ami_from_table(contingency(a, b)[0]) == pytest.approx(adjusted_mutual_information(a, b), abs=1e-10)
+
+
+def test_seed_agreement_from_tables_equals_pairwise_seed_agreement():
+    rng = np.random.default_rng(5)
+    labelings = rng.integers(0, 3, size=(4, 300))
+    tables = [contingency(a, b)[0] for a, b in itertools.combinations(labelings, 2)]
+    expected = pairwise_seed_agreement_all(labelings)
+    for measure, found in seed_agreement_from_tables(tables).items():
+        assert found == pytest.approx(expected[measure])
+
+
+def test_table_measures_refuse_negative_counts():
+    with pytest.raises(ValueError, match="counts >= 0"):
+        ari_from_table([[1, -1], [0, 2]])
