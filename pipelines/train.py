@@ -59,11 +59,13 @@ class AutoencoderNetwork(nn.Module):
         return self.decoder(codes), codes, assignments
 
 
-def training_network(model: Autoencoder, mode: str) -> nn.Module:
-    """The part of the model a mode trains: encoder+decoder (+centroids), or encoder+classifier.
+def training_network(model: Autoencoder, mode: str, freeze_encoder: bool = False) -> nn.Module:
+    """The part of the model a mode trains: encoder+decoder (+centroids), or encoder+classifier
+    (``freeze_encoder``: the encoder's weights take no gradient, so the optimizer leaves them out).
 
     Data parallelism wraps only this, so that every parameter it holds takes part in the
     forward pass (DDP needs that) and the unused head is left alone."""
+    model.encoder.requires_grad_(not freeze_encoder)
     if mode == "autoencoder":
         return AutoencoderNetwork(model)
     return nn.Sequential(model.encoder, model.classifier)
@@ -364,9 +366,7 @@ def start_worker(plan: WorkerPlan) -> Worker:
     # CPU and fused Adam's first step would fail on mixed devices.
     device = ray.train.torch.get_device()
     model.to(device)
-    if config.freeze_encoder:
-        model.encoder.requires_grad_(False)
-    network = training_network(model, config.mode)
+    network = training_network(model, config.mode, config.freeze_encoder)
     steps = steps_per_epoch(plan.train_images, world, config.batch_size // world)
     optimizer, scheduler = build_optimizer(network, config, steps)
     return Worker(model, network, optimizer, scheduler, rank, world, device)
