@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +75,6 @@ class DataSet:
 def with_preset(dataset: DataSet, preset: str) -> DataSet:
     """``dataset`` trained with the [train] options of ``configs/<preset>.toml``, its epochs excepted
     (every recipe gets --ae-epochs); its rows are named "AE <preset>, ...", the pixel rows left out."""
-    from dataclasses import replace
-
     from pipelines.pipeline import load_config_file, preset_path
 
     options = {k: v for k, v in load_config_file(preset_path(preset)).get("train", {}).items() if k != "epochs"}
@@ -99,17 +97,13 @@ def orl_faces(args) -> DataSet:
 # --- one recipe on one matrix (no Ray) -------------------------------------------------------------
 
 
-def stability_config(recipe: Recipe) -> StabilityConfig:
-    return StabilityConfig(transform=recipe.transform, clusterer=recipe.clusterer)
-
-
 def cluster(X: np.ndarray, recipe: Recipe, k: int, seeds: int, transformed: dict) -> tuple[np.ndarray, float]:
     """(labels [seeds, n], seconds) of ``seeds`` fits on the recipe's transform of ``X``. The
     transform is fitted once per matrix (``transformed`` caches it: a UMAP of 70,000 points takes
     minutes) and its time counts in every recipe that uses it."""
     from pipelines.sweep_scores import transform_points
 
-    config = stability_config(recipe)
+    config = StabilityConfig(transform=recipe.transform, clusterer=recipe.clusterer)
     key = (id(X), recipe.transform)
     if key not in transformed:
         started = time.perf_counter()
@@ -136,8 +130,6 @@ def scores(labels: np.ndarray, classes: np.ndarray, test: np.ndarray | None) -> 
 
 def prepare_models(dataset: DataSet, args) -> list:
     """Train (or resume) one autoencoder per seed and extract its features of every image."""
-    from dataclasses import replace
-
     from pipelines.extract import extract_features
     from pipelines.feature_table import read_features
     from pipelines.train import train
@@ -195,8 +187,7 @@ COLUMNS = {"recipe": "recipe", "acc_all": "ACC all", "nmi_all": "NMI all", "ari_
 
 
 def markdown(table: pd.DataFrame) -> str:
-    shown = table.rename(columns=COLUMNS)[list(COLUMNS.values())]
-    shown = shown.dropna(axis=1, how="all")
+    shown = table.rename(columns=COLUMNS)[list(COLUMNS.values())].dropna(axis=1, how="all")
     header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     cells = [[f"{v:.3f}" if isinstance(v, float) and name != "seconds" else (f"{v:.0f}" if name == "seconds" else str(v))
               for name, v in zip(shown.columns, row)] for row in shown.itertuples(index=False)]
@@ -229,8 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=10, help="clusterer seeds on the first autoencoder (default 10)")
     parser.add_argument("--other-seeds", type=int, default=3,
                         help="clusterer seeds on each other autoencoder, for the ARI across AE seeds (default 3)")
-    parser.add_argument("--faces-dir", type=Path,
-                        default=Path(os.environ.get("FEATURELENS_FACES_DIR", DEFAULT_FACES)),
+    parser.add_argument("--faces-dir", type=Path, default=Path(os.environ.get("FEATURELENS_FACES_DIR", DEFAULT_FACES)),
                         help="the ORL faces ($FEATURELENS_FACES_DIR, else ../shared/data/faces/att_faces)")
     parser.add_argument("--presets", type=lambda text: [p for p in text.split(",") if p], default=list(PRESETS),
                         help=f"Fashion-MNIST recipes: presets of configs/ (default: {','.join(PRESETS) or 'none'}; '' for none)")

@@ -8,9 +8,7 @@ images of Fashion-MNIST's training split, for the same epochs, in a fresh proces
 * plain: the uint8 images in memory, a fresh permutation per epoch, batches of 64 sliced from
   it; torch threads = all cores; no Ray;
 * Ray Train: ``pipelines.train.train`` as ``jobs.train`` runs it (Ray Data ingest, the shard
-  cached in the worker, DDP over gloo when 2 workers), on a local Ray started by the process;
-(The plain-DDP baseline that separated the cost of data parallelism from Ray's, 0.72x on 2
-cores, is recorded in BENCHMARKS.md and retired.)
+  cached in the worker, DDP over gloo when 2 workers), on a local Ray started by the process.
 
 The figure of merit is the images/s of the epochs after the first (what ``metrics.jsonl``
 reports: the training loop only); the first epoch, which carries the one-time costs, is shown
@@ -20,22 +18,18 @@ checkpoints, figures), which matters for short runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
 
-from benchmarks.common import (
-    benchmark_parser,
-    SCRATCH, Table, child_argv, cpu_count, log, median, ratio_cell, report_result, run_child, shuffled_batches, spread,
-    start_ray,
-)
+from benchmarks.common import (SCRATCH, Table, benchmark_parser, child_argv, cpu_count, log, median, ratio_cell,
+                               report_result, run_child, shuffled_batches, spread, start_ray)
 
 TARGET = 0.9
 BENCH_DIR = SCRATCH / "training"
 
 
-def plain_epoch(images: int, batch: int, epochs: int, threads: int, seed: int = 0) -> dict:
+def plain_epoch(images: int, batch: int, epochs: int, threads: int | None = None, seed: int = 0) -> dict:
     import torch
 
     from pipelines.config import TrainConfig
@@ -43,7 +37,7 @@ def plain_epoch(images: int, batch: int, epochs: int, threads: int, seed: int = 
     from pipelines.model import ModelSpec
     from pipelines.train import build_optimizer, initial_model, train_epoch, training_network
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads := threads or cpu_count())
     started = time.perf_counter()
     data, _ = fashion_mnist_arrays("train")
     x = torch.from_numpy(data[:images].copy())
@@ -82,22 +76,8 @@ def ray_epoch(images: int, batch: int, epochs: int, workers: int, tag: str, over
 
 
 def child(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["plain", "ray"])
-    parser.add_argument("--images", type=int, required=True)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=cpu_count())
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--tag", default="run")
-    parser.add_argument("--set", default="{}", help="JSON of TrainConfig overrides (Ray only)")
-    parser.add_argument("--no-cache", action="store_true", help="Ray: stream Ray Data batches every epoch")
-    args = parser.parse_args(argv)
-    if args.kind == "plain":
-        report_result(plain_epoch(args.images, args.batch, args.epochs, args.threads))
-    else:
-        report_result(ray_epoch(args.images, args.batch, args.epochs, args.workers, args.tag, json.loads(args.set),
-                                cache=not args.no_cache))
+    """argv: the path (plain or ray) and the JSON of its function's keyword arguments."""
+    report_result((plain_epoch if argv[0] == "plain" else ray_epoch)(**json.loads(argv[1])))
 
 
 def first_and_warm(run: dict, key: str = "images_per_s") -> tuple[float, float]:
@@ -107,21 +87,16 @@ def first_and_warm(run: dict, key: str = "images_per_s") -> tuple[float, float]:
 
 def run(quick: bool = False, images: int | None = None, repeats: int | None = None, workers: list | None = None,
         batch: int = 64, overrides: dict | None = None, epochs: int = 2) -> tuple[list[Table], dict]:
-    images = images or (2000 if quick else 10_000)
-    repeats = repeats or (1 if quick else 3)
-    workers = [str(w) for w in workers or [1, 2]]
-    overrides = overrides or {}
-    variants = [("plain", [])] + [
-        (f"ray-{w}", ["--workers", w.rstrip("s"), "--set", json.dumps(overrides)] + (["--no-cache"] if w.endswith("s") else []))
-        for w in workers
-    ]
+    images, repeats = images or (2000 if quick else 10_000), repeats or (1 if quick else 3)
+    workers, overrides = [str(w) for w in workers or [1, 2]], overrides or {}
+    variants = [("plain", {})] + [
+        (f"ray-{w}", {"workers": int(w.rstrip("s")), "overrides": overrides, "cache": not w.endswith("s")}) for w in workers]
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
     for rep in range(repeats):
         for name, extra in variants:
-            kind = name.split("-")[0]
             log(f"training: repetition {rep + 1}/{repeats}, {name}, {images:,} images x {epochs} epochs")
-            result = run_child("benchmarks.training", [kind, "--images", str(images), "--batch", str(batch),
-                                                       "--epochs", str(epochs), "--tag", f"{name}-{rep}", *extra])
+            options = {"images": images, "batch": batch, "epochs": epochs, **extra} | ({"tag": f"{name}-{rep}"} if extra else {})
+            result = run_child("benchmarks.training", ["ray" if extra else "plain", json.dumps(options)])
             log(f"  epochs at {', '.join(f'{rate:,.0f}' for rate in result['images_per_s'])} images/s; "
                 f"call {result['wall_seconds']:.0f} s")
             results[name].append(result)
@@ -167,9 +142,8 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
         "min(images, 10,000) test images each epoch, checkpoints, figures; plain: reading the IDX files and the epochs).",
         f"subset: the first {images:,} training images (the full 60,000 with --images 60000); per repetition the "
         "plain loop and each other path run back to back in fresh processes.",
+        *([f"TrainConfig overrides: {overrides}"] if overrides else []),
     ]
-    if overrides:
-        table.notes.append(f"TrainConfig overrides: {overrides}")
     return [table], summary
 
 
