@@ -2,6 +2,7 @@
 
     python -m benchmarks.recipes --data fashion [--images 10000] [--epochs 5] [--recipes seed,mask,...]
     python -m benchmarks.recipes --data faces [--epochs 30]
+    python -m benchmarks.recipes --transfer [--images 10000] [--first-epochs 16] [--then-epochs 4]  (see transfer)
 
 A plain PyTorch loop (no Ray: the public steps of ``pipelines.train``, as each Ray Train worker
 runs them) trains one autoencoder per recipe, seeded, on the first ``--images`` Fashion-MNIST
@@ -9,7 +10,7 @@ training images (faces: all 400 ORL images at 64x64, batch 16), then clusters th
 10,000 test images (faces: of the 400 images) with KMeans, k = 10 (faces: 40), ``--seeds``
 seeds, beside KMeans on the raw pixels. A refinement recipe (``idec``) starts from the model the
 ``seed`` recipe left in ``.bench/recipes`` and trains ``--refine-epochs`` more with the IDEC term.
-Every row is appended to ``.bench/recipes/<data>.jsonl`` and printed as a Markdown row.
+Every row is appended to ``.bench/recipes/<data>[-transfer].jsonl`` and printed as a Markdown row.
 """
 
 from __future__ import annotations
@@ -23,20 +24,14 @@ import numpy as np
 
 from benchmarks.common import REPO, SCRATCH, shuffled_batches
 
-RECIPES = {
+RECIPES = {  # name: TrainConfig options; refine: IDEC refinement of that recipe's model
     "seed": {},
-    "gaussian": {"corrupt": "gaussian"},
-    "salt": {"corrupt": "salt"},
-    "mask": {"corrupt": "mask"},
-    "mask-0.75": {"corrupt": "mask", "corrupt_level": 0.75},
-    "code-10": {"code_dim": 10},
-    "code-32": {"code_dim": 32},
-    "code-64": {"code_dim": 64},
+    "gaussian": {"corrupt": "gaussian"}, "salt": {"corrupt": "salt"},
+    "mask": {"corrupt": "mask"}, "mask-0.75": {"corrupt": "mask", "corrupt_level": 0.75},
+    "code-10": {"code_dim": 10}, "code-32": {"code_dim": 32}, "code-64": {"code_dim": 64},
     "consistency": {"consistency": 1.0},
-    "mask+code-32": {"corrupt": "mask", "code_dim": 32},
-    "consistency+code-32": {"consistency": 1.0, "code_dim": 32},
-    "idec": {"refine": "seed"},
-    "idec-code-32": {"refine": "code-32"},
+    "mask+code-32": {"corrupt": "mask", "code_dim": 32}, "consistency+code-32": {"consistency": 1.0, "code_dim": 32},
+    "idec": {"refine": "seed"}, "idec-code-32": {"refine": "code-32"},
 }
 FACES = REPO.parent / "shared" / "data" / "faces" / "att_faces"
 OUT = SCRATCH / "recipes"
@@ -45,37 +40,38 @@ OUT = SCRATCH / "recipes"
 def fashion(images: int):
     from pipelines.data import fashion_mnist_arrays
 
-    train, _ = fashion_mnist_arrays("train")
-    test, labels = fashion_mnist_arrays("test")
-    return train[:images].copy(), test, labels, 10
+    (train, train_labels), (test, labels) = fashion_mnist_arrays("train"), fashion_mnist_arrays("test")
+    return train[:images].copy(), test, labels, 10, train_labels[:images].copy()  # the last: transfer's classifiers
 
 
 def faces():
     from pipelines.data import decode_image, list_image_folder
 
     manifest, _ = list_image_folder(FACES)
-    images = np.stack([decode_image(path, 64, 64, "L") for path in manifest["path"].to_pylist()])
-    if images.ndim == 4:
-        images = images[..., 0]
+    images = np.stack([decode_image(path, 64, 64, "L") for path in manifest["path"].to_pylist()])  # mode L: (H, W)
     return images, images, np.asarray(manifest["label"].to_pylist()), 40
 
 
-def train_plain(config, spec, train_images: np.ndarray, images_for_centroids=None):
-    """A model trained ``config.epochs`` on ``train_images`` by the public steps; (model, seconds)."""
+def train_plain(config, spec, train_images: np.ndarray, images_for_centroids=None, labels=None, milestones=None):
+    """A model trained ``config.epochs`` on ``train_images`` (with ``labels``: a classifier) by the
+    public steps; (model, seconds). ``milestones`` ({epoch: path}): the model is saved there too."""
     import torch
 
+    from pipelines.model import save_model
     from pipelines.train import Recipe, build_optimizer, initial_model, train_epoch, training_network
 
-    started = time.perf_counter()
+    started, milestones = time.perf_counter(), milestones or {}
     model = initial_model(spec, config, images_for_centroids)
-    network = training_network(model, "autoencoder")
-    x = torch.from_numpy(train_images)
-    optimizer, scheduler = build_optimizer(network, config, steps_per_epoch=-(-len(x) // config.batch_size))
+    network = training_network(model, config.mode, config.freeze_encoder)
+    columns = {"image": torch.from_numpy(train_images)} | ({} if labels is None else {"label": torch.from_numpy(labels)})
+    optimizer, scheduler = build_optimizer(network, config, steps_per_epoch=-(-len(train_images) // config.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
-    for epoch in range(config.epochs):
-        loss, seen = train_epoch(network, shuffled_batches({"image": x}, config.batch_size, generator), optimizer,
-                                 "autoencoder", scheduler, recipe=Recipe.of(config))
-        print(f"[recipes]   epoch {epoch + 1}/{config.epochs} train loss {loss / seen:.5f}", flush=True)
+    for epoch in range(1, config.epochs + 1):
+        loss, seen = train_epoch(network, shuffled_batches(columns, config.batch_size, generator), optimizer,
+                                 config.mode, scheduler, recipe=Recipe.of(config))
+        print(f"[recipes]   epoch {epoch}/{config.epochs} train loss {loss / seen:.5f}", flush=True)
+        if epoch in milestones:
+            save_model(milestones[epoch], model, mode=config.mode, seconds=time.perf_counter() - started)
     return model.eval(), time.perf_counter() - started
 
 
@@ -87,38 +83,79 @@ def kmeans_scores(X: np.ndarray, labels: np.ndarray, k: int, seeds: int) -> dict
     return {m: float(np.mean([r[m] for r in runs])) for m in ("acc", "nmi", "ari")}
 
 
-def measure(name: str, args, data) -> dict:
+def held_out(model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(reconstruction MSE, the classifier head's accuracy) on ``images``, by training's evaluation step."""
     import torch
 
+    from pipelines.train import evaluate, training_network
+
+    batches = list(shuffled_batches({"image": torch.tensor(images), "label": torch.tensor(labels)}, 1000, torch.Generator()))
+    mse, _, seen = evaluate(training_network(model, "autoencoder"), batches, "autoencoder")
+    return mse / seen, evaluate(training_network(model, "classifier"), batches, "classifier")[1] / seen
+
+
+def measure(name: str, args, data) -> dict:
     from pipelines.config import TrainConfig
     from pipelines.measures import class_agreement
-    from pipelines.model import ModelSpec, load_model, save_model, scale_images
+    from pipelines.model import ModelSpec, load_model
     from pipelines.train import encode, soft_assignment
 
-    train_images, test_images, labels, k = data
+    print(f"[recipes] {args.data}: {name}", flush=True)
+    train_images, test_images, labels, k = data[:4]
+    row = {"recipe": name, "data": args.data, "epochs": args.epochs, "ae_seed": args.ae_seed, "images": len(train_images)}
     if name == "pixels":
-        X, seconds, mse = test_images.reshape(len(test_images), -1).astype(np.float32) / 255, 0.0, float("nan")
-        return {"recipe": name, **kmeans_scores(X, labels, k, args.seeds), "test_mse": mse, "seconds": seconds}
+        X = test_images.reshape(len(test_images), -1).astype(np.float32) / 255
+        return {**row, **kmeans_scores(X, labels, k, args.seeds), "test_mse": float("nan"), "seconds": 0.0}
     options = dict(RECIPES[name])
     base = options.pop("refine", None)
     config = TrainConfig(epochs=args.epochs, lr=2e-3, lr_schedule="cosine", workers=1, seed=args.ae_seed,
                          batch_size=16 if args.data == "faces" else 64, **options)
-    height, width = train_images.shape[1:3]
     if base:
         source = OUT / f"{args.data}-{base}-e{args.epochs}-s{args.ae_seed}.pt"
-        code_dim = load_model(source)[0].spec.code_dim
-        config = replace(config, epochs=args.refine_epochs, clusters=k, init_from=str(source), code_dim=code_dim)
-    spec = ModelSpec(height=height, width=width, code_dim=config.code_dim, clusters=config.clusters)
-    model, seconds = train_plain(config, spec, train_images, train_images if base else None)
-    save_model(OUT / f"{args.data}-{name}-e{args.epochs}-s{args.ae_seed}.pt", model)
-    codes = encode(model, test_images)
-    with torch.no_grad():
-        mse = float(torch.nn.functional.mse_loss(model.decoder(codes), scale_images(torch.from_numpy(test_images))))
-    row = {"recipe": name, **kmeans_scores(codes.numpy(), labels, k, args.seeds), "test_mse": mse, "seconds": seconds}
+        config = replace(config, epochs=args.refine_epochs, clusters=k, init_from=str(source),
+                         code_dim=load_model(source)[0].spec.code_dim)
+    spec = ModelSpec(*train_images.shape[1:3], code_dim=config.code_dim, clusters=config.clusters)
+    model, seconds = train_plain(config, spec, train_images, train_images if base else None,
+                                 milestones={config.epochs: OUT / f"{args.data}-{name}-e{args.epochs}-s{args.ae_seed}.pt"})
+    codes, mse = encode(model, test_images), held_out(model, test_images, labels)[0]
+    row |= {**kmeans_scores(codes.numpy(), labels, k, args.seeds), "test_mse": mse, "seconds": seconds}
     if base:  # the refined model's own clusters: each image's most likely centroid
-        own = soft_assignment(codes, model.centroids.detach()).argmax(1).numpy()
-        row["idec_own_acc"] = class_agreement(labels, own)["acc"]
+        row["idec_own_acc"] = class_agreement(labels, soft_assignment(codes, model.centroids.detach()).argmax(1).numpy())["acc"]
     return row
+
+
+def transfer(args, data) -> list[dict]:
+    """The seed's transfer experiment, both directions, on ``data`` (as :func:`fashion` returns it). Each
+    arm trains with the product's defaults (lr 1e-3, the classifier's 1e-4; a second stage starts a fresh
+    Adam, as ``--init-from`` does) and saves its models under OUT: the later arms start from them, and a
+    rerun trains only the arms whose last model is missing. Then every model is measured."""
+    from pipelines.config import TrainConfig
+    from pipelines.model import ModelSpec, load_model
+    from pipelines.train import encode
+
+    (train, test, test_labels, _, train_labels), n, m = data, args.first_epochs, args.then_epochs
+    file = lambda arm, epoch: OUT / f"transfer-{len(train)}-s{args.ae_seed}-{arm}-e{epoch}.pt"  # noqa: E731
+    for arm, mode, source, epochs in [("ae", "autoencoder", None, (n, n + m)), ("clf", "classifier", None, (m, n, n + m)),
+                                      ("clf-ae", "autoencoder", file("clf", n), (m,)),
+                                      ("probe", "classifier", file("ae", n), (m,)), ("tune", "classifier", file("ae", n), (m,))]:
+        if not file(arm, max(epochs)).exists():
+            print(f"[recipes] transfer: {arm}", flush=True)
+            config = TrainConfig(mode=mode, epochs=max(epochs), workers=1, seed=args.ae_seed,
+                                 freeze_encoder=arm == "probe", init_from=source and str(source))
+            train_plain(config, ModelSpec(*train.shape[1:3]), train, labels=train_labels if mode == "classifier" else None,
+                        milestones={epoch: file(arm, epoch) for epoch in epochs})
+    rows = []
+    for name, arm, epoch in [(f"autoencoder {n}", "ae", n), (f"autoencoder {n + m}", "ae", n + m),
+                             (f"classifier {n} → autoencoder {m}", "clf-ae", m), (f"classifier {m}", "clf", m),
+                             (f"classifier {n}", "clf", n), (f"classifier {n + m}", "clf", n + m),
+                             (f"autoencoder {n} → classifier {m}, encoder frozen", "probe", m),
+                             (f"autoencoder {n} → classifier {m}, fine-tuned", "tune", m)]:
+        model, info = load_model(file(arm, epoch))
+        (mse, accuracy), codes = held_out(model, test, test_labels), encode(model, test).numpy()
+        rows.append({"arm": name, "mode": info["mode"], "test_mse": mse, "test_acc": accuracy,
+                     **kmeans_scores(codes, test_labels, 10, args.seeds), "seconds": info["seconds"],
+                     "images": len(train), "first_epochs": n, "then_epochs": m, "seed": args.ae_seed})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,21 +168,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="KMeans seeds (default 3)")
     parser.add_argument("--ae-seed", type=int, default=0, help="the autoencoder's seed (default 0)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--transfer", action="store_true", help="the transfer experiment (Fashion-MNIST)")
+    parser.add_argument("--first-epochs", type=int, default=16, help="transfer: N, the first stage (default 16)")
+    parser.add_argument("--then-epochs", type=int, default=4, help="transfer: M, the second stage (default 4)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     data = fashion(args.images) if args.data == "fashion" else faces()
-    for name in args.recipes.split(","):
-        print(f"[recipes] {args.data}: {name}", flush=True)
-        row = {**measure(name, args, data), "data": args.data, "epochs": args.epochs, "ae_seed": args.ae_seed,
-               "images": len(data[0])}
-        with open(OUT / f"{args.data}.jsonl", "a") as log:
+    rows = transfer(args, data) if args.transfer else (measure(name, args, data) for name in args.recipes.split(","))
+    for row in rows:
+        with open(OUT / f"{args.data}{'-transfer' * args.transfer}.jsonl", "a") as log:
             log.write(json.dumps(row) + "\n")
-        extra = f" | IDEC's own clusters ACC {row['idec_own_acc']:.3f}" if "idec_own_acc" in row else ""
-        print(f"| {name} | {row['acc']:.3f} | {row['nmi']:.3f} | {row['ari']:.3f} | {row['test_mse']:.4f} | "
-              f"{row['seconds']:.0f} |{extra}", flush=True)
+        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -174,3 +174,58 @@ def test_recipes_run_through_ray_train_and_refinement_continues_the_run(ray_sess
     assert model.spec.code_dim == 16 and model.encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 16)
     assert model.spec.clusters == 4 and model.centroids.shape == (4, 16)
     assert refined.history[0]["train_images"] == 256  # both workers' shards
+
+
+def test_a_frozen_encoder_takes_no_step_and_the_head_does():
+    torch.manual_seed(0)
+    model = Autoencoder()
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head = model.classifier[0].weight.detach().clone()
+    network = training_network(model, "classifier", freeze_encoder=True)
+    optimizer, _ = build_optimizer(network, TrainConfig(mode="classifier", freeze_encoder=True))
+    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == count_parameters(model.classifier)
+    labels = torch.arange(8) % 10
+    train_epoch(network, [{"image": images(), "label": labels}] * 2, optimizer, "classifier")
+    assert all(torch.equal(encoder[k], v) for k, v in model.encoder.state_dict().items())
+    assert not torch.equal(head, model.classifier[0].weight)
+    network = training_network(model, "classifier")  # unfrozen: the encoder trains again
+    optimizer, _ = build_optimizer(network, TrainConfig(mode="classifier"))
+    train_epoch(network, [{"image": images(), "label": labels}], optimizer, "classifier")
+    assert not torch.equal(encoder["0.weight"], model.encoder[0].weight)
+
+
+def test_the_transfer_arms_start_from_the_right_models_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
+    """At toy size (64 training images of 16 x 16, N = 2, M = 1): the probe keeps the encoder of the
+    autoencoder at epoch N; the classifier -> autoencoder arm keeps the head of the classifier at epoch N."""
+    from argparse import Namespace
+
+    from benchmarks import recipes
+
+    monkeypatch.setattr(recipes, "OUT", tmp_path)
+    labels = torch.arange(64) % 10
+    small = torch.nn.functional.interpolate(images(104)[:, None].float(), size=16)[:, 0].to(torch.uint8).numpy()
+    data = (small[:64], small[64:], labels[:40].numpy(), 10, labels.numpy())
+    args = Namespace(first_epochs=2, then_epochs=1, ae_seed=0, seeds=1)
+    rows = {row["arm"]: row for row in recipes.transfer(args, data)}
+    assert len(rows) == 8
+
+    def model(arm, epoch):
+        return load_model(tmp_path / f"transfer-64-s0-{arm}-e{epoch}.pt")[0]
+
+    ae_n, probe, ae_nm = model("ae", 2), model("probe", 1), model("ae", 3)
+    assert fingerprint(probe.encoder) == fingerprint(ae_n.encoder) != fingerprint(ae_nm.encoder)
+    assert fingerprint(model("tune", 1).encoder) != fingerprint(ae_n.encoder)
+    clf_n = model("clf", 2)
+    assert fingerprint(model("clf-ae", 1).classifier) == fingerprint(clf_n.classifier) != fingerprint(model("clf", 3).classifier)
+    assert fingerprint(model("clf-ae", 1).encoder) != fingerprint(clf_n.encoder)
+    frozen, source = rows["autoencoder 2 → classifier 1, encoder frozen"], rows["autoencoder 2"]
+    assert (frozen["acc"], frozen["nmi"]) == (source["acc"], source["nmi"])  # the same codes
+
+    trained = []
+    monkeypatch.setattr(recipes, "train_plain", lambda config, *a, **k: trained.append(config))
+    assert [row["test_mse"] for row in recipes.transfer(args, data)] == [row["test_mse"] for row in rows.values()]
+    assert trained == []
+    (tmp_path / "transfer-64-s0-probe-e1.pt").unlink()
+    with pytest.raises(FileNotFoundError):  # only the probe retrains (here: not at all, so its model is missing)
+        recipes.transfer(args, data)
+    assert [config.freeze_encoder for config in trained] == [True]
