@@ -51,7 +51,7 @@ def check_model_fits(data: DataConfig, config: ExtractConfig) -> None:
 
     model, _ = load_model(config.checkpoint)
     shape = ImageSource(dataset=None, name=data.dataset if data.data_dir is None else data.data_dir, split=config.split,
-                        num_images=0, class_names=[], height=height, width=width, channels=channels, skipped=[])
+                        num_images=0, class_names=[], height=height, width=width, channels=channels)
     check_source_matches(shape, model.spec)
 
 

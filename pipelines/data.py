@@ -16,6 +16,7 @@ flat and unlabelled), and Parquet image shards in this schema (``write_image_sha
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import logging
@@ -69,7 +70,13 @@ class ImageSource:
     height: int
     width: int
     channels: int
-    skipped: list[tuple[str, str]]
+    folder: FolderDecode | None = None  # image folders: how the stage decodes them, the bad files met
+    manifest: pa.Table | None = None  # image folders: the split's files (id, label, label_name, path)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, error) of the unreadable files the stage's decode has met so far, sorted."""
+        return self.folder.bad_so_far() if self.folder else []
 
     @property
     def num_classes(self) -> int:
@@ -93,14 +100,14 @@ def load_images(config: DataConfig, split: str = "train") -> ImageSource:
 
 # --- checks before Ray -----------------------------------------------------------------------------
 
-PREFLIGHT_SECONDS = 2.0  # the local decode of a folder's first files; Ray Data's scan checks the rest
+PREFLIGHT_SECONDS = 2.0  # headers of a folder's first files; the stage's own decode checks every file
 
 
 def check_source(config: DataConfig) -> tuple[int, int, int]:
     """Everything about the data that can be checked in a second, without Ray, so that a mistake
     fails before Ray starts and before anything is written: a data source is given, the folder
-    exists, the Fashion-MNIST files are there, the shards have the image schema, the first images
-    decode. Returns (height, width, channels) of the images the source will yield."""
+    exists, the Fashion-MNIST files are there, the shards have the image schema, the first images'
+    headers are images'. Returns (height, width, channels) of the images the source will yield."""
     check_data_dir(config)
     if config.dataset == "fashion-mnist":
         if config.data_dir is not None:
@@ -127,22 +134,36 @@ def check_data_dir(config: DataConfig) -> None:
 
 
 def check_first_images(config: DataConfig) -> tuple[int, int]:
-    """Decode the files of both splits for up to PREFLIGHT_SECONDS (all of a folder of a few
-    thousand), naming the unreadable ones; returns the size of the first readable image."""
+    """In error mode, the headers of both splits' files for up to PREFLIGHT_SECONDS (a text file
+    named .png, an empty file), naming the unreadable ones; returns the size of the first readable
+    image. No pixel is decoded unless a bad file is found: the stage's decode checks every file."""
     folder, _ = list_image_folder(config.data_dir)
     paths = [path for split in ("train", "test") for path in split_manifest(folder, split, config)["path"].to_pylist()]
     if config.on_bad_image == "error":
-        bad, deadline = [], time.monotonic() + PREFLIGHT_SECONDS
-        for path in sorted(paths, key=natural_key):
-            if time.monotonic() > deadline:
-                break
-            try:
-                decode_image(path, 8, 8, config.color)  # any size tells whether it decodes
-            except DataError as error:
-                bad.append((path, str(error)))
+        bad = preflight_bad_images(sorted(paths, key=natural_key), config.color)
         if bad:
             raise DataError(bad_images_message(bad, config.data_dir))
     return config.size or _first_readable_size(paths)
+
+
+def preflight_bad_images(paths: list[str], mode: str) -> list[tuple[str, str]]:
+    """(path, error) of the files among the first ``paths`` whose headers are not an image's,
+    within PREFLIGHT_SECONDS; once one is found the job fails anyway, so up to PREFLIGHT_SECONDS
+    more decode the files in full, to name the truncated ones too."""
+    found: dict[str, str] = {}
+    for check in (identify_image, lambda path: decode_image(path, 8, 8, mode)):
+        deadline = time.monotonic() + PREFLIGHT_SECONDS
+        for path in paths:
+            if time.monotonic() > deadline:
+                break
+            try:
+                if path not in found:
+                    check(path)
+            except DataError as error:
+                found[path] = str(error)
+        if not found:
+            break
+    return sorted(found.items())
 
 
 # --- Fashion-MNIST -------------------------------------------------------------------------------
@@ -260,7 +281,6 @@ def load_fashion_mnist(config: DataConfig, split: str) -> ImageSource:
         height=height,
         width=width,
         channels=config.channels,
-        skipped=[],
     )
 
 
@@ -370,16 +390,33 @@ def to_array(image, height: int, width: int, mode: str) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_image(path: str, height: int, width: int, mode: str) -> np.ndarray:
-    """Read and decode one file; DataError names it when it is not a readable image."""
+def decode_image(path: str, height: int | None, width: int | None, mode: str) -> np.ndarray:
+    """Read and decode one file (to its own size where ``height`` is None); DataError names it
+    when it is not a readable image."""
+    from PIL import Image
+
+    with opened_image(path) as image:
+        image.load()
+        return to_array(image, height or image.height, width or image.width, mode)
+
+
+def identify_image(path: str) -> tuple[int, int]:
+    """(height, width) from the file's header, its pixels left undecoded; DataError as decode_image."""
+    with opened_image(path) as image:
+        return image.height, image.width
+
+
+@contextlib.contextmanager
+def opened_image(path: str):
+    """The file opened by PIL; a failure to open or decode it inside the block is a DataError
+    naming the file and what is wrong with it."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.lower().endswith(IMAGE_SUFFIXES):
         raise DataError(f"{path}: not an image file (suffix not one of {' '.join(IMAGE_SUFFIXES)})")
     try:
         with Image.open(path) as image:
-            image.load()
-            return to_array(image, height, width, mode)
+            yield image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if not os.path.exists(path):
             reason = "no such file"
@@ -388,55 +425,104 @@ def decode_image(path: str, height: int, width: int, mode: str) -> np.ndarray:
         raise DataError(f"{path}: {reason}") from None
 
 
-def decode_images(batch: pa.Table, height: int, width: int, mode: str) -> pa.Table:
-    """Ray Data batch function: manifest rows -> rows of the image schema."""
+class BadImages:
+    """The unreadable files met by a stage's decode tasks, wherever they ran (a Ray actor)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, str] = {}
+
+    def add(self, bad: list[tuple[str, str]]) -> None:
+        self.found.update(bad)
+
+    def so_far(self) -> list[tuple[str, str]]:
+        return sorted(self.found.items())
+
+
+@dataclass(frozen=True)
+class FolderDecode:
+    """How an image folder's files become the image schema inside the stage that reads them,
+    and the BadImages actor where every decode task reports the files it could not read."""
+
+    data_dir: str
+    height: int
+    width: int
+    mode: str
+    on_bad_image: str
+    bad_images: object  # a BadImages actor handle
+
+    def dataset(self, manifest: pa.Table) -> ray.data.Dataset:
+        """The manifest's files decoded, lazily: decoding and checking happen when a stage reads."""
+        import ray
+
+        return ray.data.from_arrow(manifest_blocks(manifest)).map_batches(
+            decode_images, batch_format="pyarrow", fn_kwargs=dict(decode=self))
+
+    def bad_so_far(self) -> list[tuple[str, str]]:
+        import ray
+
+        return ray.get(self.bad_images.so_far.remote())
+
+
+def folder_decode(config: DataConfig, height: int, width: int) -> FolderDecode:
+    import ray
+
+    actor = ray.remote(num_cpus=0)(BadImages).remote()
+    return FolderDecode(str(config.data_dir), height, width, config.color, config.on_bad_image, actor)
+
+
+def decode_images(batch: pa.Table, decode: FolderDecode) -> pa.Table:
+    """Ray Data batch function: manifest rows -> rows of the image schema.
+
+    The stage's one decode is also its check: the batch's unreadable files are reported to
+    ``decode.bad_images``, then in error mode the task fails naming them (and the stage names
+    every one met so far, see failing_on_bad_images); in skip mode their rows are left out."""
+    import ray
     from ray.data.extensions import ArrowTensorArray
 
-    images = np.stack([decode_image(path, height, width, mode) for path in batch["path"].to_pylist()])
-    return batch.append_column("image", ArrowTensorArray.from_numpy(images)).select(list(IMAGE_COLUMNS))
-
-
-def find_bad_images(batch: pa.Table, height: int, width: int, mode: str) -> pa.Table:
-    """Ray Data batch function: manifest rows -> (path, error) of the rows that do not decode."""
-    bad_paths, errors = [], []
+    images, bad = [], []
     for path in batch["path"].to_pylist():
         try:
-            decode_image(path, height, width, mode)
+            images.append(decode_image(path, decode.height, decode.width, decode.mode))
         except DataError as error:
-            bad_paths.append(path)
-            errors.append(str(error))
-    return pa.table({"path": pa.array(bad_paths, pa.string()), "error": pa.array(errors, pa.string())})
+            bad.append((path, str(error)))
+    if bad:
+        ray.get(decode.bad_images.add.remote(bad))
+        if decode.on_bad_image == "error":
+            raise DataError(bad_images_message(bad, decode.data_dir))
+        batch = batch.filter(pa.compute.invert(pa.compute.is_in(batch["path"], pa.array([p for p, _ in bad]))))
+    empty = np.zeros((0, decode.height, decode.width, *(() if decode.mode == "L" else (3,))), np.uint8)
+    pixels = np.stack(images) if images else empty
+    return batch.append_column("image", ArrowTensorArray.from_numpy(pixels)).select(list(IMAGE_COLUMNS))
+
+
+@contextlib.contextmanager
+def failing_on_bad_images(*sources: ImageSource):
+    """A stage's work: when it fails after its decode met unreadable files (error mode), one
+    DataError names every one met so far, in any worker, not only those of the task that failed."""
+    try:
+        yield
+    except Exception as error:
+        bad = sorted(entry for source in sources for entry in source.skipped)
+        folder = next((source.folder for source in sources if source.folder), None)
+        if not bad or folder.on_bad_image != "error":
+            raise
+        raise DataError(bad_images_message(bad, folder.data_dir)) from error
 
 
 def load_image_folder(config: DataConfig, split: str) -> ImageSource:
-    """Decode a folder of images with Ray Data, after a scan that finds every unreadable file.
-
-    The scan decodes each image once up front so that a bad file stops the job before any
-    training or writing starts (on_bad_image=error), naming every bad file rather than only the
-    first (the other split's too, so that one fix covers the training job's both loads); with
-    on_bad_image=skip the bad files are left out and returned in ``skipped``."""
+    """An image folder's split as a lazy Ray Dataset. Nothing is decoded here: the stage that
+    reads the dataset decodes each file once, and that decode finds the unreadable ones (see
+    decode_images): error mode fails the stage naming them, skip mode leaves them out and lists
+    them in ``skipped`` once the stage has read the data."""
     check_data_dir(config)
     folder, class_names = list_image_folder(config.data_dir)
     manifest = split_manifest(folder, split, config)
-    height, width = config.size or _first_readable_size(manifest["path"].to_pylist())
-    skipped = scan_bad_images(manifest, height, width, config.color)
-    if skipped and config.on_bad_image == "error":
-        for other in {"train": ["test"], "test": ["train"]}.get(split, []):
-            skipped = sorted(skipped + scan_bad_images(split_manifest(folder, other, config), height, width, config.color))
-        raise DataError(bad_images_message(skipped, config.data_dir))
-    if skipped:
-        bad_paths = pa.array([path for path, _ in skipped], pa.string())
-        manifest = manifest.filter(pa.compute.invert(pa.compute.is_in(manifest["path"], bad_paths)))
-        log.warning("skipping %d unreadable image(s) of %s", len(skipped), config.data_dir)
     if manifest.num_rows == 0:
-        raise DataError(f"image folder {config.data_dir} has no readable images in split {split!r}")
-    import ray
-
-    dataset = ray.data.from_arrow(manifest_blocks(manifest)).map_batches(
-        decode_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=config.color)
-    )
+        raise DataError(f"image folder {config.data_dir} has no images in split {split!r}")
+    height, width = config.size or _first_readable_size(manifest["path"].to_pylist())
+    decode = folder_decode(config, height, width)
     return ImageSource(
-        dataset=dataset,
+        dataset=decode.dataset(manifest),
         name=Path(config.data_dir).name,
         split=split,
         num_images=manifest.num_rows,
@@ -444,7 +530,8 @@ def load_image_folder(config: DataConfig, split: str) -> ImageSource:
         height=height,
         width=width,
         channels=config.channels,
-        skipped=skipped,
+        folder=decode,
+        manifest=manifest,
     )
 
 
@@ -479,21 +566,6 @@ def sample_every_class(keys: list, labels: list, limit: int) -> np.ndarray:
     return np.sort(np.lexsort((hashes, rank))[:limit])
 
 
-def scan_bad_images(manifest: pa.Table, height: int, width: int, mode: str) -> list[tuple[str, str]]:
-    """(path, error) of every file of ``manifest`` that does not decode, sorted; decoded in parallel by Ray Data."""
-    import ray
-
-    if manifest.num_rows == 0:
-        return []
-    refs = (
-        ray.data.from_arrow(manifest_blocks(manifest))
-        .map_batches(find_bad_images, batch_format="pyarrow", fn_kwargs=dict(height=height, width=width, mode=mode))
-        .to_arrow_refs()
-    )
-    bad = pa.concat_tables(ray.get(refs)) if refs else pa.table({"path": [], "error": []})
-    return sorted(zip(bad["path"].to_pylist(), bad["error"].to_pylist()))
-
-
 def manifest_blocks(manifest: pa.Table) -> list[pa.Table]:
     """Small blocks, so that decoding spreads over every CPU even for a few hundred files."""
     rows = max(1, min(FILES_PER_BLOCK, -(-manifest.num_rows // 8)))
@@ -501,13 +573,10 @@ def manifest_blocks(manifest: pa.Table) -> list[pa.Table]:
 
 
 def _first_readable_size(paths: list[str]) -> tuple[int, int]:
-    from PIL import Image
-
     for path in paths:
         try:
-            with Image.open(path) as image:
-                return image.height, image.width
-        except (OSError, SyntaxError, ValueError):
+            return identify_image(path)
+        except DataError:
             continue
     raise DataError(f"no readable image among {len(paths)} file(s), so no size to default to; pass --image-size")
 
@@ -579,7 +648,6 @@ def load_image_shards(config: DataConfig, split: str) -> ImageSource:
         height=height,
         width=width,
         channels=config.channels,
-        skipped=[],
     )
 
 
@@ -604,3 +672,31 @@ def resize_images(batch: dict[str, np.ndarray], height: int, width: int, mode: s
 
     batch["image"] = np.stack([to_array(Image.fromarray(image), height, width, mode) for image in batch["image"]])
     return batch
+
+
+# --- a few images by id (the report's) -----------------------------------------------------------
+
+
+def images_by_id(config: DataConfig, paths: dict[int, str | None]) -> dict[int, np.ndarray]:
+    """uint8 images of the ids in ``paths`` (id -> file, None for a source without files), each
+    fetched alone: its file decoded as the stages decode it, else its row of the configured source
+    (Fashion-MNIST's arrays, the Parquet shards' rows), never a scan that decodes the source."""
+    size = config.size or (None, None)
+    images = {image_id: decode_image(path, *size, config.color) for image_id, path in paths.items() if path}
+    rest = sorted(image_id for image_id, path in paths.items() if not path)
+    if rest and config.dataset == "fashion-mnist":
+        first_test = 10 * FASHION_MNIST_PER_CLASS["train"]
+        for split, ids in (("train", [i for i in rest if i < first_test]), ("test", [i for i in rest if i >= first_test])):
+            if ids:
+                rows = np.array(ids) - (0 if split == "train" else first_test)
+                pixels = fashion_mnist_arrays(split, config.data_dir)[0][rows]
+                images.update(zip(ids, resize_array(pixels, config)))
+    elif rest:
+        import pyarrow.dataset as ds
+
+        rows = ds.dataset(check_shards(Path(config.data_dir))[0]).to_table(
+            columns=["id", "image"], filter=ds.field("id").isin(rest))
+        height, width = config.size or rows["image"].type.shape[:2]
+        pixels = resize_images({"image": rows["image"].combine_chunks().to_numpy_ndarray()}, height, width, config.color)
+        images.update(zip(rows["id"].to_pylist(), pixels["image"]))
+    return images

@@ -7,6 +7,7 @@ as a pool of Ray Data actors and writes the table atomically.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ import ray
 import torch
 
 from pipelines.config import DataConfig, ExtractConfig
-from pipelines.data import ImageSource, load_images
+from pipelines.data import ImageSource, failing_on_bad_images, load_images
 from pipelines.errors import DataError, ResourceError
-from pipelines.feature_table import check_unique_ids, feature_schema, feature_table, parquet_files
+from pipelines.feature_table import METADATA_KEY, check_unique_ids, feature_schema, feature_table, parquet_files
 from pipelines.model import Autoencoder, ModelSpec, encode_batch, fingerprint, load_model, resolve_model_path
 from pipelines.progress import watch_rows
 from pipelines.runtime import cluster_cpus, cluster_gpus, init_ray
@@ -136,7 +137,8 @@ def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -
     """Write the feature table of ``config.checkpoint``'s encoder over ``data``'s ``config.split``.
 
     Streaming: Ray Data reads, encodes and writes in blocks; the driver only reads the ids back to
-    check them. Atomic: the table appears at ``out`` complete, or not at all. Returns its rows."""
+    check them. Atomic: the table appears at ``out`` complete, or not at all (an unreadable image
+    in error mode fails the write, which leaves it in its temporary folder). Returns its rows."""
     if config.checkpoint is None:
         raise ValueError("--checkpoint is required: a training run directory or its model.pt")
     out = Path(out)
@@ -147,16 +149,17 @@ def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -
         check_source_matches(source, model.spec)
         metadata = table_metadata(model, source, config.checkpoint)
         started = time.perf_counter()
-        with watch_rows(tmp, source.num_images, f"[extract] {source.name}/{source.split}"):
+        with watch_rows(tmp, source.num_images, f"[extract] {source.name}/{source.split}"), failing_on_bad_images(source):
             encode(source, model, config).write_parquet(str(tmp), schema=feature_schema(model.spec.code_dim, metadata))
         seconds = time.perf_counter() - started
-        check_written_ids(tmp, source.num_images)
+        rows = record_skipped(tmp, metadata, source.skipped)
+        check_written_ids(tmp, rows)
     print(
-        f"[extract] {source.num_images:,} images of {source.name}/{source.split} -> {out} in {seconds:.1f} s "
-        f"({source.num_images / seconds:,.0f} images/s)",
+        f"[extract] {rows:,} images of {source.name}/{source.split} -> {out} in {seconds:.1f} s "
+        f"({rows / seconds:,.0f} images/s)",
         flush=True,
     )
-    return source.num_images
+    return rows
 
 
 def check_source_matches(source: ImageSource, spec: ModelSpec) -> None:
@@ -185,8 +188,24 @@ def table_metadata(model: Autoencoder, source: ImageSource, checkpoint: str) -> 
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "num_rows": source.num_images,
         "class_names": source.class_names,
-        "skipped": [{"path": path, "error": error} for path, error in source.skipped],
+        "skipped": [],  # known once the images are decoded: record_skipped
     }
+
+
+def record_skipped(folder: Path, metadata: dict, skipped: list[tuple[str, str]]) -> int:
+    """The table's rows; with images left out (skip mode), their list and the row count go into
+    every file's metadata. Known only once the one decode has run, so the files are rewritten
+    (the features read and written back, no image decoded again)."""
+    if not skipped:
+        return metadata["num_rows"]
+    metadata = {**metadata, "num_rows": metadata["num_rows"] - len(skipped),
+                "skipped": [{"path": path, "error": error} for path, error in skipped]}
+    for file in parquet_files(folder):
+        table = pq.read_table(file)
+        recorded = table.replace_schema_metadata({**table.schema.metadata, METADATA_KEY: json.dumps(metadata)})
+        pq.write_table(recorded, file.with_suffix(".rewrite"))
+        file.with_suffix(".rewrite").replace(file)
+    return metadata["num_rows"]
 
 
 def code_version() -> dict[str, str]:

@@ -106,41 +106,31 @@ def decoded_centroids(run_dir: Path, centroids: np.ndarray) -> np.ndarray | None
     return decode(model, centroids)
 
 
-def images_by_id(config, features, ids: set[int]) -> dict[int, np.ndarray]:
-    """Images [C, H, W] in [0, 1] of the wanted ids: from their files when the table names them,
-    else from the configured data source (Fashion-MNIST has no files)."""
-    position = {int(image_id): row for row, image_id in enumerate(features.ids)}
-    paths = {image_id: features.paths[position[image_id]] for image_id in ids}
-    if all(path is not None and Path(path).is_file() for path in paths.values()):
-        return {image_id: image_file(path, config.data) for image_id, path in paths.items()}
-    return images_from_source(config, ids)
+def shown_images(run_dir: Path, config, ids: set[int]) -> dict[int, np.ndarray]:
+    """Images [C, H, W] in [0, 1] of the ids shown, fetched by id: their paths read from the feature
+    table (those rows and columns only), then each file (or source row) decoded alone."""
+    import pyarrow.dataset as ds
+
+    from pipelines.data import images_by_id
+    from pipelines.feature_table import parquet_files
+
+    table = ds.dataset([str(file) for file in parquet_files(stage_dir(run_dir, "extract"))])
+    columns = [name for name in ("id", "path") if name in table.schema.names]
+    rows = table.to_table(columns=columns, filter=ds.field("id").isin(sorted(ids))).to_pydict()
+    paths = dict(zip(rows["id"], rows.get("path", [None] * len(rows["id"]))))
+    return {image_id: as_float_image(image) for image_id, image in images_by_id(config.data, paths).items()}
 
 
-def image_file(path: str, data_config) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert(data_config.color)
-        if data_config.size is not None:
-            image = image.resize(data_config.size[::-1])
-        array = np.asarray(image, dtype=np.float32) / 255.0
+def as_float_image(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C) -> float [C, H, W] in [0, 1], as the figures draw images."""
+    array = image.astype(np.float32) / 255.0
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
-def images_from_source(config, ids: set[int]) -> dict[int, np.ndarray]:
-    import torch
-
-    from pipelines.data import load_images
-    from pipelines.model import scale_images
-
-    rows = load_images(config.data, config.extract.split).dataset.filter(lambda row: row["id"] in ids).take_all()
-    return {int(row["id"]): scale_images(torch.from_numpy(np.array(row["image"]))[None])[0].numpy() for row in rows}
 
 
 @dataclass
 class Shown:
     """What the report draws from: the features, the findings, the partitions of the k whose
-    clusters are pictured, and their images (read once: a Ray Data scan of Fashion-MNIST takes seconds)."""
+    clusters are pictured, and their images (fetched once, by id: only the images shown are decoded)."""
 
     run_dir: Path
     config: object
@@ -157,7 +147,7 @@ def shown_inputs(run_dir: Path, config) -> Shown:
     labels = {k: read_labels(stage_dir(run_dir, "stability"), k)[1][0] for k in ks}
     wanted = {int(features.ids[i]) for k_labels in labels.values()
               for i in cluster_prototypes(features.X, k_labels, config.report.nearest)[1].ravel() if i >= 0}
-    return Shown(run_dir, config, features, findings, labels, images_by_id(config, features, wanted) if wanted else {})
+    return Shown(run_dir, config, features, findings, labels, shown_images(run_dir, config, wanted) if wanted else {})
 
 
 def prototype_strips(shown: Shown, k: int, name: str) -> list[Path]:

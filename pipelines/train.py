@@ -31,7 +31,7 @@ from torch import nn
 
 from pipelines import plots
 from pipelines.config import DataConfig, TrainConfig
-from pipelines.data import ImageSource, load_images
+from pipelines.data import FolderDecode, ImageSource, failing_on_bad_images, load_images
 from pipelines.errors import ResourceError
 from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
 from pipelines.rundir import METRICS_FILE, MODEL_FILE, SKIPPED_IMAGES_FILE, STATE_FILE, read_metrics
@@ -321,6 +321,7 @@ class WorkerPlan:
     run_dir: str
     train_images: int
     shard_bytes: int  # what the train and test sets hold in the columns training reads
+    train_stream: FolderStream | None  # an image folder's training files, streamed in an order per epoch
 
 
 @dataclass(eq=False)
@@ -347,7 +348,7 @@ def train_loop_per_worker(loop: dict) -> None:
     batches = ShardBatches(plan, worker)
     for epoch in range(start_epoch + 1, plan.config.epochs + 1):
         history.append(run_epoch(worker, batches, epoch, plan.config))
-        report_epoch(worker, plan, history)
+        report_epoch(worker, plan, history, batches.sample)
 
 
 def start_worker(plan: WorkerPlan) -> Worker:
@@ -390,9 +391,50 @@ def restore(worker: Worker, config: TrainConfig) -> tuple[int, list[dict]]:
     return int(state["epoch"]), json.loads(state["history"])
 
 
+def epoch_rows(rows: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
+    """A worker's rows of an epoch, in the epoch's order: a permutation drawn from (seed, epoch)
+    alone, so that a resumed run streams the same files in the same order, dealt out to the
+    workers in turn (rows // world each, as data-parallel steps need).
+
+    >>> epoch_rows(6, seed=0, epoch=1, rank=0, world=2).tolist() != epoch_rows(6, 0, 2, 0, 2).tolist()
+    True
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(rows)
+    return order[: rows - rows % world][rank::world]
+
+
+@dataclass(frozen=True)
+class FolderStream:
+    """An image folder's training split, streamed by each worker itself in the order of
+    :func:`epoch_rows`: Ray Train's split of one dataset would stream every epoch in the folder's
+    order (sorted by class), which a local shuffle buffer cannot undo."""
+
+    manifest: object  # ObjectRef of the split's manifest (id, label, label_name, path)
+    decode: FolderDecode
+
+    @classmethod
+    def of(cls, source: ImageSource) -> "FolderStream | None":
+        import ray
+
+        return cls(ray.put(source.manifest), source.folder) if source.folder else None
+
+    def batches(self, columns: list[str], batch_size: int, seed: int, epoch: int, rank: int, world: int, device):
+        """The epoch's batches of this worker's files, decoded once, in the epoch's order."""
+        import ray
+
+        manifest = ray.get(self.manifest)
+        dataset = self.decode.dataset(manifest.take(epoch_rows(manifest.num_rows, seed, epoch, rank, world)))
+        dataset.context.execution_options.preserve_order = True  # the order drawn, not the decode's finish order
+        for batch in dataset.select_columns(columns).iter_torch_batches(batch_size=batch_size, device=device,
+                                                                         prefetch_batches=2):
+            yield {column: batch[column] for column in columns}
+
+
 class ShardBatches:
     """A worker's batches of its train and test shards: kept in memory after the first read when
-    they fit (``TrainConfig.shard_cache_gib``), else streamed from Ray Data with a local shuffle."""
+    they fit (``TrainConfig.shard_cache_gib``), else streamed: an image folder's training files
+    in an order drawn per epoch (FolderStream), other sources' shards through a local shuffle.
+    The first test images are kept (``sample``) for the reconstructions figure."""
 
     def __init__(self, plan: WorkerPlan, worker: Worker) -> None:
         import ray.train
@@ -403,14 +445,26 @@ class ShardBatches:
         self.batch_size, self.seed, self.worker = config.batch_size // worker.world, config.seed, worker
         self.cache = cache_shards(plan.shard_bytes // worker.world, int(config.shard_cache_gib * 2**30), worker.device)
         self.cached: dict[str, CachedShard] = {}
+        self.stream = plan.train_stream
+        self.sample: torch.Tensor | None = None
 
     def __call__(self, name: str, epoch: int | None):
         """``name``'s batches; shuffled per ``epoch``, in order for None (evaluation)."""
+        for batch in self.read(name, epoch):
+            if name == "test" and self.sample is None:
+                self.sample = batch["image"][:8].cpu()
+            yield batch
+
+    def read(self, name: str, epoch: int | None):
         seed = None if epoch is None else self.seed * 10_000 + epoch * 100 + self.worker.rank
         if self.cache:
             if name not in self.cached:  # read once, in the first epoch (its time counts there)
                 self.cached[name] = CachedShard(self.shards[name], self.columns, self.worker.device)
             yield from self.cached[name].batches(self.batch_size, seed)
+            return
+        if name == "train" and self.stream is not None:
+            yield from self.stream.batches(self.columns, self.batch_size, self.seed, epoch, self.worker.rank,
+                                           self.worker.world, self.worker.device)
             return
         shuffle = {} if seed is None else dict(local_shuffle_buffer_size=LOCAL_SHUFFLE_BUFFER, local_shuffle_seed=seed)
         for batch in self.shards[name].iter_torch_batches(
@@ -445,8 +499,9 @@ def run_epoch(worker: Worker, batches: ShardBatches, epoch: int, config: TrainCo
     }
 
 
-def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict]) -> None:
-    """Rank 0 writes the metrics and reports the checkpoint; the others report the metrics only."""
+def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict], sample: torch.Tensor | None) -> None:
+    """Rank 0 writes the metrics and reports the checkpoint (with ``sample``, the first test images,
+    so that the reconstructions figure decodes none again); the others report the metrics only."""
     import ray.train
 
     metrics = {name: value for name, value in history[-1].items() if value is not None}
@@ -457,7 +512,7 @@ def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict]) -> None:
     write_metrics(Path(plan.run_dir), history)
     state = {"model": worker.model.state_dict(), "optimizer": worker.optimizer.state_dict(),
              "scheduler": worker.scheduler.state_dict(), "epoch": history[-1]["epoch"],
-             "history": json.dumps(history)}
+             "history": json.dumps(history), "sample": sample}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -639,14 +694,13 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
         return TrainResult(run_dir, run_dir / MODEL_FILE, done, resumed=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if data.on_bad_image == "skip":
-        write_skipped_images(run_dir / SKIPPED_IMAGES_FILE, train_source.skipped + test_source.skipped)
     plan = WorkerPlan(
         config=config, spec=spec, threads=threads,
         initial_state=initial_model(spec, config, source_images(train_source) if config.clusters else None).state_dict(),
         run_dir=str(run_dir), train_images=train_source.num_images,
         shard_bytes=(train_source.num_images + test_source.num_images)
         * (spec.height * spec.width * spec.channels + (8 if config.mode == "classifier" else 0)),
+        train_stream=FolderStream.of(train_source),
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -668,7 +722,10 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
         },
         dataset_config=ray.train.DataConfig(execution_options=ingest_options()),
     )
-    result = trainer.fit()
+    with failing_on_bad_images(train_source, test_source):  # the decode is the workers' (their first epoch)
+        result = trainer.fit()
+    if data.on_bad_image == "skip":
+        write_skipped_images(run_dir / SKIPPED_IMAGES_FILE, train_source.skipped + test_source.skipped)
     return finish(run_dir, result.checkpoint, spec, test_source, config)
 
 
@@ -683,9 +740,8 @@ def finish(run_dir: Path, checkpoint, spec: ModelSpec, test_source: ImageSource,
     save_model(run_dir / MODEL_FILE, model, mode=config.mode, epochs=len(history), dataset=test_source.name)
     write_metrics(run_dir, history)
     plots.loss_curve(history, run_dir / "loss_curve.png", title=f"{config.mode} on {test_source.name}")
-    sample = test_source.dataset.take_batch(8, batch_format="numpy")["image"]
     with torch.no_grad():
-        inputs = scale_images(torch.from_numpy(np.array(sample)))
+        inputs = scale_images(state["sample"])
         reconstructions = model(inputs)[0]
     plots.image_grid(
         [inputs.numpy(), reconstructions.numpy()],

@@ -79,3 +79,44 @@ def tiny_features(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-features") / "features"
     extract_features(DataConfig(limit=1000), ExtractConfig(checkpoint=str(tiny_run), split="test"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def file_opens():
+    """``file_opens(folder)``: a context manager counting the opens of every file under ``folder``
+    by any process (Ray's workers included), by name relative to ``folder``: Linux inotify, so
+    that a test counts how often a stage reads each image without any hook in the product."""
+    import collections
+    import contextlib
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    @contextlib.contextmanager
+    def count(folder: Path):
+        fd = libc.inotify_init1(os.O_NONBLOCK)
+        assert fd >= 0, f"inotify_init1 failed: errno {ctypes.get_errno()}"
+        # IN_OPEN | IN_CLOSE_NOWRITE: with the closes between them, two opens of a file in a row
+        # are two events (identical events in a row are coalesced into one)
+        folders = {libc.inotify_add_watch(fd, str(path).encode(), 0x20 | 0x10): path
+                   for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]}
+        opens: collections.Counter = collections.Counter()
+        try:
+            yield opens
+            buffer = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(fd, 1 << 20):
+                    buffer += chunk
+            offset = 0
+            while offset < len(buffer):
+                watch, mask, _, length = struct.unpack_from("iIII", buffer, offset)
+                name = buffer[offset + 16 : offset + 16 + length].rstrip(b"\0").decode()
+                assert not mask & 0x4000, "inotify queue overflowed"  # IN_Q_OVERFLOW
+                if name and mask & 0x20 and not mask & 0x40000000:  # IN_ISDIR: a folder listed, not a file read
+                    opens[str((folders[watch] / name).relative_to(folder))] += 1
+                offset += 16 + length
+        finally:
+            os.close(fd)
+
+    return count

@@ -25,7 +25,8 @@ import torch
 
 from pipelines.cli import error_summary, root_cause, run_job
 from pipelines.config import DataConfig, ExtractConfig, TrainConfig
-from pipelines.data import SKIPPED_IMAGES_FILE, DataError, decode_images, load_images
+from pipelines.data import (SKIPPED_IMAGES_FILE, DataError, check_source, decode_images, failing_on_bad_images,
+                            folder_decode, load_images)
 from pipelines.model import Autoencoder, ModelSpec, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,29 +96,48 @@ def ray_address(ray_session) -> str:
 
 
 @pytest.mark.parametrize("kind", list(BAD_FILES))
-def test_a_bad_image_is_named_and_skip_lists_it(kind, faces_dir, tmp_path, ray_session):
+def test_a_bad_image_is_named_by_the_stages_decode_and_skip_lists_it(kind, faces_dir, tmp_path, ray_session):
+    """Loading decodes nothing; the decode of the stage that reads the data is the check."""
     root = copy_faces(faces_dir, tmp_path / "faces")
     bad = add_bad_file(root, kind, faces_dir)
-    config = DataConfig(dataset="images", data_dir=str(root), image_size="28x28")
-    with pytest.raises(DataError, match="1 unreadable image") as error:
-        load_images(config, "all")
+    source = load_images(DataConfig(dataset="images", data_dir=str(root), image_size="28x28"), "all")
+    with pytest.raises(DataError, match="1 unreadable image") as error, failing_on_bad_images(source):
+        source.dataset.materialize()
     assert f"{bad}: {BAD_FILES[kind][1]}" in str(error.value)
     assert "--on-bad-image skip" in str(error.value)
 
     source = load_images(DataConfig(dataset="images", data_dir=str(root), image_size="28x28", on_bad_image="skip"), "all")
+    assert source.skipped == [] and source.num_images == 7  # every file listed, none decoded yet
+    batch = source.dataset.take_batch(100)
+    assert sorted(batch["path"]) == sorted(str(p) for p in root.glob("s*/[0-9].pgm"))
     assert [path for path, _ in source.skipped] == [str(bad)]
     assert BAD_FILES[kind][1] in source.skipped[0][1]
-    batch = source.dataset.take_batch(100)
-    assert source.num_images == 6 and sorted(batch["path"]) == sorted(str(p) for p in root.glob("s*/[0-9].pgm"))
 
 
-def test_every_bad_image_is_listed_not_only_the_first(faces_dir, tmp_path, ray_session):
+def test_every_bad_image_is_listed_by_the_check_before_ray(faces_dir, tmp_path):
+    """The headers first (a text file named .png, an empty file); once one is bad, the full
+    decode of the rest names the truncated file too."""
     root = copy_faces(faces_dir, tmp_path / "faces")
     bad = [add_bad_file(root, kind, faces_dir) for kind in BAD_FILES]
     with pytest.raises(DataError, match=f"{len(bad)} unreadable image") as error:
-        load_images(DataConfig(dataset="images", data_dir=str(root), image_size="28x28"), "all")
+        check_source(DataConfig(dataset="images", data_dir=str(root), image_size="28x28"))
     for path in bad:
         assert str(path) in str(error.value)
+    check_source(DataConfig(dataset="images", data_dir=str(copy_faces(faces_dir, tmp_path / "good"))))
+
+
+def test_a_bad_image_fails_the_extraction_and_leaves_no_table(faces_dir, tmp_path, ray_session):
+    """A truncated file, which no header check sees, found by the extraction's own decode:
+    the job ends naming it, and the table's temporary folder is not committed."""
+    from pipelines.extract import extract_features
+
+    root = copy_faces(faces_dir, tmp_path / "faces", per_person=5)
+    bad = add_bad_file(root, "corrupt", faces_dir)
+    save_model(tmp_path / "model.pt", Autoencoder(ModelSpec(28, 28, 1, 2)))
+    with pytest.raises(DataError, match=rf"1 unreadable image\(s\) in {root}: {bad}: cannot decode"):
+        extract_features(DataConfig(dataset="images", data_dir=str(root), image_size="28x28"),
+                         ExtractConfig(checkpoint=str(tmp_path / "model.pt"), split="all"), tmp_path / "features")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces", "model.pt"]
 
 
 @pytest.mark.parametrize("layout", ["empty folder", "empty class folders", "missing folder"])
@@ -265,7 +285,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_skip_mode_lists_skipped_images_in_the_run_and_the_table_and_writes_nothing_else(
-    faces_dir, tmp_path, ray_address
+    faces_dir, tmp_path, ray_address, file_opens
 ):
     from pipelines.feature_table import read_features
 
@@ -279,9 +299,13 @@ def test_skip_mode_lists_skipped_images_in_the_run_and_the_table_and_writes_noth
 
     # Training joins the session's Ray from ``work``: its workers run elsewhere, the relative
     # --run-dir is resolved once, at the edge.
-    trained = run_module("jobs.train", *data_options, "--epochs", "1", "--workers", "1", "--batch-size", "8",
-                         "--run-dir", "runs/faces", cwd=work, ray_address=ray_address)
+    with file_opens(root) as training_opens:
+        trained = run_module("jobs.train", *data_options, "--epochs", "1", "--workers", "1", "--batch-size", "8",
+                             "--run-dir", "runs/faces", cwd=work, ray_address=ray_address)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    # One decode per image file in the stage, bad ones included; the stray .txt is refused by its name.
+    decoded_once = {str(path.relative_to(root)): 1 for path in root.glob("s*/*") if path.suffix != ".txt"}
+    assert dict(training_opens) == decoded_once
     run_dir = work / "runs" / "faces"
     with open(run_dir / SKIPPED_IMAGES_FILE, newline="") as file:
         rows = list(csv.DictReader(file))
@@ -289,9 +313,11 @@ def test_skip_mode_lists_skipped_images_in_the_run_and_the_table_and_writes_noth
     assert all(row["error"].startswith(row["path"] + ": ") for row in rows)
     assert (run_dir / "model.pt").is_file()
 
-    extracted = run_module("jobs.extract", *data_options, "--checkpoint", str(run_dir), "--split", "all",
-                           "--out", str(work / "features"), cwd=REPO, ray_address=ray_address)
+    with file_opens(root) as extraction_opens:
+        extracted = run_module("jobs.extract", *data_options, "--checkpoint", str(run_dir), "--split", "all",
+                               "--out", str(work / "features"), cwd=REPO, ray_address=ray_address)
     assert extracted.returncode == 0, extracted.stderr[-3000:]
+    assert dict(extraction_opens) == decoded_once
     table = read_features(work / "features")
     assert sorted(entry["path"] for entry in table.metadata["skipped"]) == bad
     assert len(table) == 20  # the good images only
@@ -351,9 +377,11 @@ def failing_decode(tmp_path: Path):
 
     gone = tmp_path / "s1" / "gone.pgm"
     manifest = pa.table({"id": [0], "label": [0], "label_name": ["s1"], "path": [str(gone)]})
-    dataset = ray.data.from_arrow(manifest).map_batches(
-        decode_images, batch_format="pyarrow", fn_kwargs=dict(height=28, width=28, mode="L"))
-    return gone, dataset
+    decode = folder_decode(DataConfig(dataset="images", data_dir=str(tmp_path)), 28, 28)
+    dataset = ray.data.from_arrow(manifest).map_batches(decode_images, batch_format="pyarrow", fn_kwargs=dict(decode=decode))
+    message = f"1 unreadable image(s) in {tmp_path}: {gone}: no such file. Fix or remove them, or pass " \
+              f"--on-bad-image skip to leave them out (listed in the run directory's {SKIPPED_IMAGES_FILE})"
+    return message, dataset
 
 
 def last_line(captured: str) -> str:
@@ -362,11 +390,11 @@ def last_line(captured: str) -> str:
 
 
 def test_data_error_inside_a_ray_data_task_is_one_line_exit_2(tmp_path, ray_session, capsys):
-    gone, dataset = failing_decode(tmp_path)
+    message, dataset = failing_decode(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         run_job("train", dataset.materialize)
     assert exit_.value.code == 2
-    assert last_line(capsys.readouterr().err) == f"featurelens train: error: {gone}: no such file"
+    assert last_line(capsys.readouterr().err) == f"featurelens train: error: {message}"
 
 
 def test_data_error_raised_by_a_ray_task_is_one_line_exit_2(ray_session, capsys):
@@ -387,11 +415,11 @@ def test_root_cause_unwraps_ray_train_worker_failures(tmp_path, ray_session):
     from ray.train import WorkerGroupError
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
-    gone, dataset = failing_decode(tmp_path)
+    message, dataset = failing_decode(tmp_path)
     with pytest.raises(Exception) as raised:
         dataset.materialize()
     wrapped = WorkerGroupError("worker 0 failed", {0: UserExceptionWithTraceback(raised.value, "Traceback ...")})
-    assert error_summary(wrapped) == ("DataError", f"{gone}: no such file")
+    assert error_summary(wrapped) == ("DataError", message)
     assert root_cause(RuntimeError("stage train failed: see above")) == "stage train failed: see above"
     multi_line = DataError("2 unreadable image(s) in d:\n  d/a.png: empty file (0 bytes)\n  d/b.png: ...")
     assert root_cause(multi_line) == str(multi_line)  # our own messages are kept whole

@@ -134,15 +134,21 @@ def write_image_shard(path: Path, first_id: int, size: int, rows: int = 64) -> N
     pq.write_table(to_shard_table(batch), path)
 
 
-def test_image_folder_of_faces(faces_dir, ray_session, tmp_path):
+def test_image_folder_of_faces_each_file_decoded_once(faces_dir, ray_session, tmp_path, file_opens):
+    faces = shutil.copytree(faces_dir, tmp_path / "faces")
     model_file = tmp_path / "model.pt"
     save_model(model_file, Autoencoder(ModelSpec(112, 92, 1, 40)))
-    rows = extract_features(
-        DataConfig(dataset="images", data_dir=str(faces_dir)),
-        ExtractConfig(checkpoint=str(model_file), split="all"),
-        tmp_path / "features",
-    )
+    with file_opens(faces) as opens:
+        rows = extract_features(
+            DataConfig(dataset="images", data_dir=str(faces)),
+            ExtractConfig(checkpoint=str(model_file), split="all"),
+            tmp_path / "features",
+        )
     table = read_features(tmp_path / "features")
+    # One open per file by the decode, and one more of the first file, whose header gives the size.
+    faces_files = {str(path.relative_to(faces)) for path in faces.glob("s*/*.pgm")}
+    assert set(opens) == faces_files and len(faces_files) == 400
+    assert sorted(opens.values())[-2:] == [1, 2] and opens["s1/1.pgm"] == 2
     assert rows == 400
     assert len(table) == 400 and len(np.unique(table.ids)) == 400
     assert len(np.unique(table.labels)) == 40

@@ -21,7 +21,7 @@ from pipelines.config import DataConfig, ReclusterConfig, ReportConfig, Stabilit
 from pipelines.feature_table import read_features
 from pipelines.pipeline import PipelineConfig
 from pipelines.report import build_report, class_counts, cluster_prototypes
-from pipelines.rundir import stage_dir
+from pipelines.rundir import read_labels, stage_dir
 from pipelines.sweep_scores import evaluate_k, load_sweep_data
 
 GROUPS, PEOPLE, PER_PERSON, NEAREST = 4, 12, 10, 3
@@ -69,7 +69,8 @@ def write_sweep(run_dir, config: StabilityConfig) -> None:
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory):
+def report_build(tmp_path_factory, file_opens):
+    """(run directory, opens of each image file while the report was built)."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
     write_embeddings(run_dir)
     attributes = run_dir / "answers.csv"
@@ -82,8 +83,26 @@ def report_run(tmp_path_factory):
     recluster.mkdir()  # a re-clustering in which no group of classes recurred
     (recluster / "groups.json").write_text(json.dumps({"method": "membership", "k": 2, "k_re": 2, "n_seeds": 2,
                                                        "min_share": 0.5, "groups": []}))
-    build_report(run_dir, config)
-    return run_dir
+    with file_opens(run_dir / "images") as opens:
+        build_report(run_dir, config)
+    return run_dir, opens
+
+
+@pytest.fixture(scope="module")
+def report_run(report_build):
+    return report_build[0]
+
+
+def test_the_report_decodes_only_the_images_it_shows_once_each(report_build):
+    """The k x nearest images of the pictured k are fetched by id, each file read once: no scan
+    of the source (120 files here)."""
+    run_dir, opens = report_build
+    table = read_features(stage_dir(run_dir, "extract"))
+    ids, labels = read_labels(stage_dir(run_dir, "stability"), GROUPS)
+    assert np.array_equal(ids, table.ids)
+    _, nearest = cluster_prototypes(table.X, labels[0], NEAREST)
+    shown = {f"{table.ids[i]}.png" for i in nearest.ravel() if i >= 0}
+    assert len(shown) == GROUPS * NEAREST and dict(opens) == {name: 1 for name in shown}
 
 
 def test_the_report_leads_with_the_recommended_k_and_a_card_per_cluster(report_run):

@@ -1,19 +1,22 @@
 """Training: the plain PyTorch step, and Ray Train runs on real Fashion-MNIST subsets."""
 
+import shutil
 
 import pytest
 import torch
 from torch import nn
 
 from pipelines.config import DataConfig, TrainConfig
-from pipelines.data import fashion_mnist_arrays
+from pipelines.data import fashion_mnist_arrays, load_images
 from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
 from pipelines.errors import ResourceError
 from pipelines.rundir import read_metrics
 from pipelines.train import (
+    FolderStream,
     augment_images,
     batch_loss,
     build_optimizer,
+    epoch_rows,
     evaluate,
     initial_model,
     plan_resources,
@@ -184,3 +187,32 @@ def test_transfer_refuses_an_encoder_of_another_image_size(tmp_path):
     save_model(tmp_path / "model.pt", Autoencoder(ModelSpec(64, 64)))
     with pytest.raises(ValueError, match="takes images"):
         initial_model(ModelSpec(), TrainConfig(init_from=str(tmp_path)))
+
+
+def test_streamed_epochs_mix_classes_differ_between_epochs_and_repeat(ray_session, faces_dir, tmp_path, file_opens):
+    """Above the shard cache an image folder's training files are streamed in an order drawn from
+    (seed, epoch): batches mix the people (the folder lists them by class), each epoch has its own
+    order, the same epoch again (a resumed run) the same batches; each file decoded once an epoch."""
+    faces = shutil.copytree(faces_dir, tmp_path / "faces")
+    source = load_images(DataConfig(dataset="images", data_dir=str(faces), image_size="28x28"), "train")
+    stream = FolderStream.of(source)
+
+    def epoch(number: int) -> list[dict]:
+        return list(stream.batches(["image", "label"], 32, seed=3, epoch=number, rank=0, world=1, device="cpu"))
+
+    with file_opens(faces) as opens:
+        first = epoch(1)
+    assert sorted(opens.values()) == [1] * source.num_images
+    second, again = epoch(2), epoch(1)
+    labels = [batch["label"] for batch in first]
+    assert sum(len(batch) for batch in labels) == source.num_images
+    assert all(len(set(batch.tolist())) >= 12 for batch in labels[:-1])  # 32 of 40 people; in folder order 4
+    assert [b.tolist() for b in labels] != [batch["label"].tolist() for batch in second]
+    for one, other in zip(first, again, strict=True):
+        assert torch.equal(one["image"], other["image"]) and torch.equal(one["label"], other["label"])
+
+
+def test_each_worker_streams_its_own_equal_share_of_an_epoch():
+    shares = [epoch_rows(11, seed=3, epoch=2, rank=rank, world=3) for rank in range(3)]
+    assert [len(share) for share in shares] == [3, 3, 3] and len({int(i) for s in shares for i in s}) == 9
+    assert epoch_rows(11, 3, 2, 1, 3).tolist() == shares[1].tolist()
