@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import tempfile
@@ -430,6 +431,20 @@ class FolderStream:
             yield {column: batch[column] for column in columns}
 
 
+def in_lockstep(batches, device):
+    """The batches while every worker still has one: in skip mode a worker's stream leaves out the
+    unreadable files of its share, and the data-parallel steps of all workers must pair up."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        yield from batches
+        return
+    for batch in itertools.chain(batches, [None]):
+        more = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+        torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MIN)
+        if not more.item():
+            return
+        yield batch
+
+
 class ShardBatches:
     """A worker's batches of its train and test shards: kept in memory after the first read when
     they fit (``TrainConfig.shard_cache_gib``), else streamed: an image folder's training files
@@ -463,8 +478,9 @@ class ShardBatches:
             yield from self.cached[name].batches(self.batch_size, seed)
             return
         if name == "train" and self.stream is not None:
-            yield from self.stream.batches(self.columns, self.batch_size, self.seed, epoch, self.worker.rank,
-                                           self.worker.world, self.worker.device)
+            yield from in_lockstep(self.stream.batches(self.columns, self.batch_size, self.seed, epoch,
+                                                       self.worker.rank, self.worker.world, self.worker.device),
+                                   self.worker.device)
             return
         shuffle = {} if seed is None else dict(local_shuffle_buffer_size=LOCAL_SHUFFLE_BUFFER, local_shuffle_seed=seed)
         for batch in self.shards[name].iter_torch_batches(
@@ -673,10 +689,13 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines.runtime import cluster_cpus, cluster_gpus
+    from pipelines.runtime import bundles, fit_or_grow, releasing_resources
 
     run_dir = Path(run_dir).resolve()
-    cpus, threads = plan_resources(config, cluster_cpus(), cluster_gpus())
+    # A cluster too small now may grow: its autoscaler is asked for the workers and a CPU for Ray Data.
+    cpus, threads = fit_or_grow(lambda cluster_cpus, cluster_gpus: plan_resources(config, cluster_cpus, cluster_gpus),
+                                [{"CPU": 1.0}, *bundles(config.workers, config.cpus_per_worker or 1.0,
+                                                        config.gpus_per_worker)], config.resource_timeout)
     train_source = load_images(data, "train")
     test_source = load_images(data, "test")
     if config.mode == "classifier" and not train_source.class_names:
@@ -722,7 +741,8 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
         },
         dataset_config=ray.train.DataConfig(execution_options=ingest_options()),
     )
-    with failing_on_bad_images(train_source, test_source):  # the decode is the workers' (their first epoch)
+    # After the fit, the autoscaler may take the nodes it added for it away again (releasing_resources).
+    with failing_on_bad_images(train_source, test_source), releasing_resources():  # the decode is the workers'
         result = trainer.fit()
     if data.on_bad_image == "skip":
         write_skipped_images(run_dir / SKIPPED_IMAGES_FILE, train_source.skipped + test_source.skipped)

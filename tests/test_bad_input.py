@@ -298,10 +298,11 @@ def test_skip_mode_lists_skipped_images_in_the_run_and_the_table_and_writes_noth
                     "--test-fraction", "0.5", "--on-bad-image", "skip"]
 
     # Training joins the session's Ray from ``work``: its workers run elsewhere, the relative
-    # --run-dir is resolved once, at the edge.
+    # --run-dir is resolved once, at the edge. It streams (no shard cache), as a corpus too large
+    # to cache would: the training files in the epoch's own order, decoded in the worker's stream.
     with file_opens(root) as training_opens:
         trained = run_module("jobs.train", *data_options, "--epochs", "1", "--workers", "1", "--batch-size", "8",
-                             "--run-dir", "runs/faces", cwd=work, ray_address=ray_address)
+                             "--shard-cache-gib", "0", "--run-dir", "runs/faces", cwd=work, ray_address=ray_address)
     assert trained.returncode == 0, trained.stderr[-3000:]
     # One decode per image file in the stage, bad ones included; the stray .txt is refused by its name.
     decoded_once = {str(path.relative_to(root)): 1 for path in root.glob("s*/*") if path.suffix != ".txt"}
