@@ -684,6 +684,19 @@ def source_images(source: ImageSource) -> np.ndarray:
     return np.concatenate([np.asarray(batch["image"]) for batch in batches])
 
 
+def worker_plan(config: TrainConfig, spec: ModelSpec, threads: int, run_dir: Path, train_source: ImageSource,
+                test_source: ImageSource) -> WorkerPlan:
+    """What every worker is sent: the starting weights, the sizes it plans with, an image folder's stream."""
+    return WorkerPlan(
+        config=config, spec=spec, threads=threads,
+        initial_state=initial_model(spec, config, source_images(train_source) if config.clusters else None).state_dict(),
+        run_dir=str(run_dir), train_images=train_source.num_images,
+        shard_bytes=(train_source.num_images + test_source.num_images)
+        * (spec.height * spec.width * spec.channels + (8 if config.mode == "classifier" else 0)),
+        train_stream=FolderStream.of(train_source),
+    )
+
+
 def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainResult:
     """Train into ``run_dir``; a rerun resumes after the last finished epoch (or does nothing)."""
     import ray.train
@@ -713,14 +726,7 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
         return TrainResult(run_dir, run_dir / MODEL_FILE, done, resumed=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = WorkerPlan(
-        config=config, spec=spec, threads=threads,
-        initial_state=initial_model(spec, config, source_images(train_source) if config.clusters else None).state_dict(),
-        run_dir=str(run_dir), train_images=train_source.num_images,
-        shard_bytes=(train_source.num_images + test_source.num_images)
-        * (spec.height * spec.width * spec.channels + (8 if config.mode == "classifier" else 0)),
-        train_stream=FolderStream.of(train_source),
-    )
+    plan = worker_plan(config, spec, threads, run_dir, train_source, test_source)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"plan": plan},
