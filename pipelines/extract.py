@@ -96,9 +96,10 @@ def plan_actors(config: ExtractConfig, cluster_cpus: float, cluster_gpus: float)
     """Encoder actors that reserve all but one CPU (or half the cluster's), leaving it to Ray
     Data's reading, decoding and writing, which would otherwise wait forever for a CPU.
 
-    CPU actors share the cores out in torch threads (cores / actors), as training workers do:
+    CPU actors: one per core, each with one torch thread, the reserved CPUs shared among them:
     reading and writing need the spare core only in bursts, and a core left to them idles most
-    of the time (one actor with one thread on 2 cores ran at 0.60x the plain loop; BENCHMARKS.md)."""
+    of the time (one actor with one thread on 2 cores ran at 0.60x the plain loop); two
+    single-threaded forward passes side by side beat one on two threads (BENCHMARKS.md)."""
     spare = max(cluster_cpus - 1.0, cluster_cpus / 2)
     gpus = config.gpus_per_actor
     if gpus > 0:
@@ -110,7 +111,7 @@ def plan_actors(config: ExtractConfig, cluster_cpus: float, cluster_gpus: float)
             )
         cpus = min(1.0, spare / actors)  # the GPU does the work; a CPU feeds it
         return ActorPlan(actors=actors, cpus=cpus, gpus=gpus, threads=1)
-    actors = config.actors or max(1, int(spare))
+    actors = config.actors or max(1, int(cluster_cpus))
     return ActorPlan(actors=actors, cpus=spare / actors, gpus=0.0, threads=max(1, round(cluster_cpus / actors)))
 
 

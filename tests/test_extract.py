@@ -271,9 +271,9 @@ def test_job_fails_with_one_clear_line(case, tmp_path):
 @pytest.mark.parametrize(
     "cpus, gpus, settings, expected",
     [
-        (2, 0, {}, ActorPlan(actors=1, cpus=1.0, gpus=0.0, threads=2)),  # a core in torch threads, one left reserved
-        (2, 0, {"actors": 2}, ActorPlan(actors=2, cpus=0.5, gpus=0.0, threads=1)),
-        (16, 0, {}, ActorPlan(actors=15, cpus=1.0, gpus=0.0, threads=1)),
+        (2, 0, {}, ActorPlan(actors=2, cpus=0.5, gpus=0.0, threads=1)),  # one per core, one CPU left reserved
+        (2, 0, {"actors": 1}, ActorPlan(actors=1, cpus=1.0, gpus=0.0, threads=2)),  # the cores in torch threads
+        (16, 0, {}, ActorPlan(actors=16, cpus=15 / 16, gpus=0.0, threads=1)),
         (16, 1, {"gpus_per_actor": 1}, ActorPlan(actors=1, cpus=1.0, gpus=1.0, threads=1)),
     ],
 )
