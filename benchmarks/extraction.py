@@ -9,8 +9,8 @@ fresh process each:
 * plain: read the IDX files, ``torch.no_grad`` forward in batches of 512 with all cores, one
   ``pyarrow.parquet.ParquetWriter`` (the schema of ``pipelines.extract.feature_schema``);
 * Ray: ``pipelines.extract.extract_features`` as ``jobs.extract`` runs it (Ray Data source,
-  an actor pool of encoders, ``write_parquet``, the id check), with its default actor plan, and
-  with ``--actors 2`` (one per core) as a second row.
+  an actor pool of encoders, ``write_parquet``, the id check), with its default actor plan (one
+  actor per core, one torch thread each), and with ``--actors 1`` (the cores in its threads).
 
 Images/s are the images over the wall time of the whole call (reading to a closed table); the
 Ray rows give it without and with ``ray.init`` (a cluster already up, as under ``ray job
@@ -124,7 +124,7 @@ def run(quick: bool = False, images: int | None = None, repeats: int | None = No
         actor_counts: list[int | None] | None = None) -> tuple[list[Table], dict]:
     images = images or (4000 if quick else 70_000)
     repeats = repeats or (1 if quick else 3)
-    actor_counts = actor_counts if actor_counts is not None else [None, cpu_count()]
+    actor_counts = actor_counts if actor_counts is not None else [None, 1]
     model_path = str(bench_model(model))
     features_out = str(BENCH_DIR / "features")
     variants = [("plain", ["plain"])] + [

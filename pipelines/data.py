@@ -604,9 +604,11 @@ def write_image_shards(source: ImageSource, out_dir: str | Path, overwrite: bool
     """Write a source as Parquet image shards, streaming; the class names go in the table metadata."""
     from pipelines.storage import atomic_output
 
-    with atomic_output(out_dir, folder=True, overwrite=overwrite) as tmp:
+    with atomic_output(out_dir, folder=True, overwrite=overwrite) as tmp, failing_on_bad_images(source):
         source.dataset.map_batches(to_shard_table, batch_format="numpy").write_parquet(str(tmp))
         (tmp / CLASS_NAMES_FILE).write_text("\n".join(source.class_names) + "\n")
+    if source.skipped:  # skip mode: known once written
+        log.warning("left out %d unreadable image(s): %s", len(source.skipped), "; ".join(e for _, e in source.skipped))
 
 
 CLASS_NAMES_FILE = "_class_names.txt"  # "_": pyarrow and Ray skip it when reading the folder
