@@ -132,6 +132,9 @@ class TrainConfig:
         None, "CPUs per worker; default: the cluster's CPUs less one for Ray Data, shared out"
     )
     gpus_per_worker: float = opt(0.0, "GPUs per worker (0: train on CPUs)")
+    resource_timeout: float = opt(
+        600.0, "seconds to wait for the autoscaler to add the nodes the plan needs when the cluster is too "
+        "small now (cluster.yaml's GPU workers start at 0); a cluster without an autoscaler refuses at once")
     init_from: str | None = opt(
         None,
         "transfer: a run directory or model file whose encoder starts this training "
@@ -155,7 +158,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < self.workers:
             raise ValueError(f"batch_size ({self.batch_size}) must be >= workers ({self.workers})")
-        for name in ("lr", "weight_decay", "gpus_per_worker", "max_failures", "shard_cache_gib"):
+        for name in ("lr", "weight_decay", "gpus_per_worker", "max_failures", "shard_cache_gib", "resource_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
@@ -203,6 +206,9 @@ class ExtractConfig:
     batch_size: int = opt(512, "images per encoder call")
     actors: int | None = opt(None, "encoder actors; default: one per spare CPU, or one per GPU")
     gpus_per_actor: float = opt(0.0, "GPUs per encoder actor (0: encode on CPUs)")
+    resource_timeout: float = opt(
+        600.0, "seconds to wait for the autoscaler to add the nodes the plan needs when the cluster is too "
+        "small now (cluster.yaml's GPU workers start at 0); a cluster without an autoscaler refuses at once")
     overwrite: bool = opt(False, "replace an existing feature table")
 
     def __post_init__(self) -> None:
@@ -211,8 +217,9 @@ class ExtractConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
-        if self.gpus_per_actor < 0:
-            raise ValueError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        for name in ("gpus_per_actor", "resource_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

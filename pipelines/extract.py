@@ -26,7 +26,7 @@ from pipelines.errors import DataError, ResourceError
 from pipelines.feature_table import METADATA_KEY, check_unique_ids, feature_schema, feature_table, parquet_files
 from pipelines.model import Autoencoder, ModelSpec, encode_batch, fingerprint, load_model, resolve_model_path
 from pipelines.progress import watch_rows
-from pipelines.runtime import cluster_cpus, cluster_gpus, init_ray
+from pipelines.runtime import bundles, fit_or_grow, init_ray, release_resources
 from pipelines.storage import atomic_output
 
 
@@ -117,7 +117,9 @@ def plan_actors(config: ExtractConfig, cluster_cpus: float, cluster_gpus: float)
 
 def encode(source: ImageSource, model: Autoencoder, config: ExtractConfig) -> ray.data.Dataset:
     """The source mapped to feature-table rows by a pool of encoder actors (lazy: nothing runs yet)."""
-    plan = plan_actors(config, cluster_cpus(), cluster_gpus())
+    # A cluster too small now may grow: its autoscaler is asked for the actors' GPUs.
+    plan = fit_or_grow(lambda cluster_cpus, cluster_gpus: plan_actors(config, cluster_cpus, cluster_gpus),
+                       bundles(config.actors or 1, 1.0, config.gpus_per_actor), config.resource_timeout)
     return source.dataset.map_batches(
         EncodeImages,
         batch_format="pyarrow",
@@ -152,6 +154,7 @@ def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -
         started = time.perf_counter()
         with watch_rows(tmp, source.num_images, f"[extract] {source.name}/{source.split}"), failing_on_bad_images(source):
             encode(source, model, config).write_parquet(str(tmp), schema=feature_schema(model.spec.code_dim, metadata))
+        release_resources()  # the autoscaler may take the nodes it added away again (after a failure: at exit)
         seconds = time.perf_counter() - started
         rows = record_skipped(tmp, metadata, source.skipped)
         check_written_ids(tmp, rows)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 
+from pipelines.errors import ResourceError
 from pipelines.rundir import LOG_FILE
+
+Plan = TypeVar("Plan")
 
 log = logging.getLogger("featurelens")
 
@@ -208,3 +216,153 @@ def setup_logging() -> None:
     from pipelines.cli import terminal_logging
 
     terminal_logging()
+
+
+# --- clusters that grow: the autoscaler asked for what a plan needs ------------------------------
+
+POLL_S = 1.0  # how often the cluster's size is read while waiting
+PROGRESS_EVERY_S = 30.0  # a waiting line at most this often
+_requested = False  # whether this process has a request standing with the autoscaler
+
+
+def fit_or_grow(plan: Callable[[float, float], Plan], bundles: list[dict[str, float]], timeout_s: float,
+                option: str = "--resource-timeout") -> Plan:
+    """``plan(cluster_cpus, cluster_gpus)``, which raises ResourceError when the cluster is too small.
+
+    On a cluster that can grow (``autoscaler_can_grow``) the autoscaler is then asked for
+    ``bundles`` (resource shapes, e.g. one per worker) and the plan is tried again as nodes come,
+    with a waiting line every ``PROGRESS_EVERY_S``, until it fits or ``timeout_s`` has passed.
+    Refused (ResourceError, exit status 2) without an autoscaler or after the timeout: the plan's
+    own message, with what was asked. The request stands while the work runs (the autoscaler would
+    otherwise take the new nodes away again); ``releasing_resources`` withdraws it afterwards. One
+    request per cluster: a second job's request replaces this one (Ray's request_resources)."""
+    try:
+        return plan(cluster_cpus(), cluster_gpus())
+    except ResourceError as error:
+        refusal = error
+    if not autoscaler_can_grow():
+        raise ResourceError(f"{refusal}; the cluster has no autoscaler to add nodes") from None
+    asked = resource_totals(bundles)
+    request_bundles(bundles)
+    log.info("asking the autoscaler for %s, waiting up to %g s (%s): %s", amounts(asked), timeout_s, option, refusal)
+    started = last_line = time.monotonic()
+    nodes = len(alive_nodes())
+    while (now := time.monotonic()) < started + timeout_s:
+        time.sleep(min(POLL_S, started + timeout_s - now))
+        try:
+            planned = plan(cluster_cpus(), cluster_gpus())
+        except ResourceError as error:
+            refusal = error
+        else:
+            log.info("the autoscaler added %d node(s) in %.0f s: the cluster has %s", len(alive_nodes()) - nodes,
+                     time.monotonic() - started, amounts(cluster_totals(asked)))
+            return planned
+        if time.monotonic() - last_line >= PROGRESS_EVERY_S:
+            last_line = time.monotonic()
+            log.info("waiting for the autoscaler: %s up, %d node(s) added (%.0f s of %g s)", progress(asked),
+                     len(alive_nodes()) - nodes, last_line - started, timeout_s)
+    release_resources()
+    raise ResourceError(f"{refusal}: the autoscaler was asked for {amounts(asked)} and did not add them "
+                        f"within {option} {timeout_s:g} s")
+
+
+def bundles(count: int, cpus: float, gpus: float = 0.0) -> list[dict[str, float]]:
+    """``count`` resource shapes of ``cpus`` CPUs and ``gpus`` GPUs each (one per worker or actor)."""
+    return [{"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})} for _ in range(count)]
+
+
+def autoscaler_can_grow(wait_s: float = 10.0) -> bool:
+    """Whether an autoscaler can add nodes to the cluster, from what it keeps in the GCS.
+
+    KubeRay and autoscaler v2 report the cluster's node groups (Ray's ClusterConfig): it can grow
+    when one may have more nodes than its minimum (the rule Ray Data uses). Otherwise the v1
+    autoscaler (monitor.py on the head) writes its status to the GCS's key-value store at every
+    update (``__autoscaling_status``): a cluster started by hand (``ray start``, ``ray.init``) has
+    one too, but its node types only mirror the nodes, each named ``node_<node id>``; one started
+    with ``--autoscaling-config`` (``ray up cluster.yaml``) names the node types of its config.
+    Just after the head starts, the first status can take an update interval: up to ``wait_s``."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray._private.state import state
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    config = state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        return any(group.max_count == -1 or group.max_count > group.min_count
+                   for group in config.node_group_configs if group.resources and group.max_count != 0)
+    deadline = time.monotonic() + wait_s
+    while (status := _internal_kv_get(DEBUG_AUTOSCALING_STATUS)) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    types = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {} if status else {}
+    return any(kind != format_readonly_node_type(node) for node, kind in types.items())
+
+
+def request_bundles(shapes: list[dict[str, float]]) -> None:
+    """Ask the autoscaler for room for ``shapes`` (on top of nothing: a target size, not an addition)."""
+    import atexit
+
+    from ray.autoscaler.sdk import request_resources
+
+    global _requested
+    request_resources(bundles=shapes)
+    if not _requested:
+        atexit.register(release_resources)  # a job that stops early withdraws it too
+    _requested = True
+
+
+def release_resources() -> None:
+    """Withdraw this process's request to the autoscaler, so that idle nodes can go again."""
+    global _requested
+    if _requested and ray.is_initialized():
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+    _requested = False
+
+
+@contextlib.contextmanager
+def releasing_resources() -> Iterator[None]:
+    """Around the work that uses what ``fit_or_grow`` asked for: the request is withdrawn after it."""
+    try:
+        yield
+    finally:
+        release_resources()
+
+
+def resource_totals(shapes: list[dict[str, float]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for shape in shapes:
+        for name, amount in shape.items():
+            totals[name] = totals.get(name, 0.0) + amount
+    return totals
+
+
+def cluster_totals(asked: dict[str, float]) -> dict[str, float]:
+    """The cluster's totals of the resources in ``asked``."""
+    have = ray.cluster_resources()
+    return {name: float(have.get(name, 0.0)) for name in asked}
+
+
+def alive_nodes() -> list[dict]:
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def amounts(resources: dict[str, float]) -> str:
+    """What was asked, GPUs first (what a plan usually waits for).
+
+    >>> amounts({"CPU": 3.5, "GPU": 1.0})
+    '1 GPU, 3.5 CPUs'
+    """
+    order = sorted(resources, key=lambda name: (name != "GPU", name != "CPU", name))
+    return ", ".join(f"{resources[name]:g} {plural(name, resources[name])}" for name in order)
+
+
+def progress(asked: dict[str, float]) -> str:
+    """'0 of 2 GPUs, 3 of 3 CPUs': the cluster's size against what was asked, resource by resource."""
+    have = cluster_totals(asked)
+    order = sorted(asked, key=lambda name: (name != "GPU", name != "CPU", name))
+    return ", ".join(f"{min(have[name], asked[name]):g} of {asked[name]:g} {plural(name, asked[name])}" for name in order)
+
+
+def plural(name: str, amount: float) -> str:
+    return name if amount == 1 else name + "s"
