@@ -2,11 +2,11 @@
 
     make bench                              # = python -m benchmarks.run_all
     python -m benchmarks.run_all --quick    # a smoke run (minutes; nothing appended unless --append)
-    python -m benchmarks.run_all --only training,sweep --repeats 5
+    python -m benchmarks.run_all --only training,scale --repeats 5
 
 Order: training (its Ray run leaves a trained model), extraction (with that model; leaves the
-70,000 x 512 feature table), the sweep (on that table), KMeans libraries side by side, the
-end-to-end stage times (read from the last `make run`).
+70,000 x 512 feature table), KMeans libraries side by side, the sweep at scale (synthetic tables
+of 0.1, 1 and 5 million rows), the end-to-end stage times (read from the last `make run`).
 About 20-25 minutes on an idle 2-core machine; --quick takes a few.
 """
 
@@ -18,19 +18,18 @@ import sys
 import time
 import traceback
 
-from benchmarks import extraction, kmeans, stages, sweep, training
+from benchmarks import extraction, kmeans, scale, stages, training
 from benchmarks.common import SCRATCH, Table, append_report, load_average, log, machine
 
-ALL = ("training", "extraction", "sweep", "kmeans", "stages")
+ALL = ("training", "extraction", "kmeans", "scale", "stages")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: checks that it all runs")
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
-    parser.add_argument("--repeats", type=int, default=None, help="repetitions of each measurement (default 3; sweep 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions of each measurement (default 3)")
     parser.add_argument("--train-images", type=int, default=None, help="training images (default 10,000 x 2 epochs; full: 60000)")
-    parser.add_argument("--full-sweep", action="store_true", help="10 seeds per k (default 3)")
     parser.add_argument("--run-dir", default=None, help="the `make run` directory holding stages.json")
     parser.add_argument("--append", action=argparse.BooleanOptionalAction, default=None,
                         help="append the tables to BENCHMARKS.md (default: yes, except with --quick)")
@@ -45,7 +44,7 @@ def main() -> None:
     info = machine()
     started = time.perf_counter()
     tables: list[Table] = []
-    model = features = None
+    model = None
     for name in [n for n in ALL if n in chosen]:
         log(f"=== {name} ===")
         try:
@@ -53,11 +52,9 @@ def main() -> None:
                 new, summary = training.run(args.quick, args.train_images, args.repeats)
                 model = summary["model"]
             elif name == "extraction":
-                new, summary = extraction.run(args.quick, repeats=args.repeats, model=model)
-                features = summary["features"]
-            elif name == "sweep":
-                new, _ = sweep.run(args.quick, 10 if args.full_sweep else None, repeats=args.repeats,
-                                   features=features)
+                new, _ = extraction.run(args.quick, repeats=args.repeats, model=model)
+            elif name == "scale":
+                new = scale.run(args.quick)
             elif name == "kmeans":
                 new = kmeans.run(args.quick, repeats=args.repeats)
             else:

@@ -3,7 +3,7 @@ stability sweep, for every seed, and report the groups that recur.
 
     python -m jobs.recluster --stability runs/ae-stability --k 2 --k-re 2 --method membership --out runs/ae-recluster
 
---features defaults to the table the sweep recorded. Needs no Ray.
+Reads only the sweep's count tables (no feature table) and needs no Ray.
 """
 
 from pipelines.cli import (add_config_arguments, add_output_argument, config_from_arguments, input_path, job_parser,
@@ -14,8 +14,6 @@ from pipelines.config import ReclusterConfig
 def main(argv: list[str] | None = None) -> None:
     parser = job_parser("recluster", __doc__)
     parser.add_argument("--stability", required=True, metavar="DIR", help="the output folder of jobs.stability")
-    parser.add_argument("--features", default=None, metavar="DIR",
-                        help="the feature table it swept (default: the one it recorded)")
     add_output_argument(parser, "where the groups, tables and figures go")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_config_arguments(parser, ReclusterConfig)
@@ -23,10 +21,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def job() -> None:
         config = config_from_arguments(args, ReclusterConfig)
-        stability, features = input_path(args.stability, "--stability"), input_path(args.features, "--features")
+        stability = input_path(args.stability, "--stability")
         from pipelines.recluster import run_recluster
 
-        outcome = run_recluster(stability, features, config, output_path(args.out, "--out"), overwrite=args.overwrite)
+        outcome = run_recluster(stability, config, output_path(args.out, "--out"), overwrite=args.overwrite)
         print(f"featurelens recluster: {outcome.line()} -> {outcome.out}")
 
     run_job("recluster", job)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(config, compare_runs=input_paths(config.compare_runs, "--compare-runs"))
         features, out = input_path(args.features, "--features"), output_path(args.out, "--out")
         # Every check that can fail fast runs before Ray starts; a finished sweep needs no Ray.
-        plan = plan_sweep(load_sweep_data(features), config, out, overwrite=args.overwrite)
+        plan = plan_sweep(load_sweep_data(features, config.sample_size), config, out, overwrite=args.overwrite)
         setup_logging()
         if plan.todo:
             init_ray(log_file=log_file_beside(out))

@@ -107,30 +107,23 @@ class ReclusterResult:
 
 @dataclass(frozen=True)
 class _ReclusterInputs:
-    """The inputs of :func:`recluster_classes`; each method takes the view it needs."""
+    """The inputs of :func:`regroup_classes`; each method takes the view it needs."""
 
     method: str
-    class_index: NDArray[np.intp]  # row 0..n_classes-1 of each point's class
-    n_classes: int
-    cluster_labels: ArrayLike | None
-    X: ArrayLike | None
-    k: int | None
+    class_counts: NDArray[np.int64] | None  # [n_classes, k]
+    means: NDArray[np.float64] | None  # [n_classes, n_features]
+    sizes: NDArray[np.int64]  # [n_classes]
     allow_nominal_mean: bool
 
     def counts(self) -> NDArray[np.int64]:
-        if self.cluster_labels is None or self.k is None:
+        if self.class_counts is None:
             raise ValueError(f"method={self.method!r} needs cluster_labels and k")
-        return class_cluster_table(self.class_index, self.cluster_labels, self.n_classes, self.k)
+        return self.class_counts
 
     def class_means(self) -> NDArray[np.float64]:
-        if self.X is None:
+        if self.means is None:
             raise ValueError(f"method={self.method!r} needs X")
-        X = np.asarray(self.X, dtype=float)
-        if X.ndim != 2 or len(X) != self.class_index.size:
-            raise ValueError(
-                f"X must have shape (n_points={self.class_index.size}, n_features), got {X.shape}"
-            )
-        return np.vstack([X[self.class_index == row].mean(axis=0) for row in range(self.n_classes)])
+        return self.means
 
 
 # What a method returns: its per-class table, and one vector per class for KMeans to group.
@@ -170,8 +163,7 @@ def _membership_method(inputs: _ReclusterInputs) -> Description:
 def _centroid_method(inputs: _ReclusterInputs) -> Description:
     """Mean feature vector of each class."""
     means = inputs.class_means()
-    count = np.bincount(inputs.class_index, minlength=inputs.n_classes)
-    return {"count": count, "class_mean": means}, means
+    return {"count": inputs.sizes, "class_mean": means}, means
 
 
 # Method name -> function describing each class by one vector (plus its table).
@@ -218,11 +210,31 @@ def recluster_classes(
     -------
     ReclusterResult
     """
+    class_ids, class_index = np.unique(check_labels(class_labels, "class_labels"), return_inverse=True)
+    counts = None
+    if cluster_labels is not None and k is not None:
+        counts = class_cluster_table(class_index, cluster_labels, class_ids.size, k)
+    means = None
+    if X is not None:
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or len(X) != class_index.size:
+            raise ValueError(f"X must have shape (n_points={class_index.size}, n_features), got {X.shape}")
+        means = np.vstack([X[class_index == row].mean(axis=0) for row in range(class_ids.size)])
+    return regroup_classes(method, class_ids=class_ids, class_counts=counts, class_means=means,
+                           class_sizes=np.bincount(class_index, minlength=class_ids.size), k_re=k_re, seed=seed,
+                           allow_nominal_mean=allow_nominal_mean)
+
+
+def regroup_classes(method: str = "membership", *, class_ids: ArrayLike, class_sizes: ArrayLike,
+                    class_counts: ArrayLike | None = None, class_means: ArrayLike | None = None, k_re: int,
+                    seed: int = 0, allow_nominal_mean: bool = False) -> ReclusterResult:
+    """:func:`recluster_classes` from per-class tables instead of per-point labels: the counts
+    ``class_counts`` [n_classes, k] (membership, seed), the mean feature vectors ``class_means``
+    [n_classes, n_features] (centroid) and ``class_sizes`` [n_classes], rows in the order of
+    ``class_ids``. The stability sweep's assignment pass sums exactly these."""
     if method not in RECLUSTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(RECLUSTER_METHODS)}")
-    class_ids, class_index = np.unique(
-        check_labels(class_labels, "class_labels"), return_inverse=True
-    )
+    class_ids = np.asarray(class_ids)
     if k_re < 2:
         raise ValueError(f"k_re must be at least 2, got {k_re}")
     if k_re >= class_ids.size:
@@ -230,9 +242,9 @@ def recluster_classes(
             f"k_re={k_re} must be below the number of classes ({class_ids.size}): "
             "otherwise every class is alone in its group by construction"
         )
-    inputs = _ReclusterInputs(
-        method, class_index, class_ids.size, cluster_labels, X, k, allow_nominal_mean
-    )
+    inputs = _ReclusterInputs(method, None if class_counts is None else np.asarray(class_counts, dtype=np.int64),
+                              None if class_means is None else np.asarray(class_means, dtype=float),
+                              np.asarray(class_sizes, dtype=np.int64), allow_nominal_mean)
     table, description = RECLUSTER_METHODS[method](inputs)
     # Only n_classes points: many restarts cost nothing and make the grouping
     # depend less on `seed`.

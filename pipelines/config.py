@@ -239,6 +239,10 @@ class StabilityConfig:
         "of its mean; the earlier protocol: means differ by about 0.01-0.04 per k)")
     subsample_fraction: float = opt(0.8, "share of the points in each subsample")
     silhouette_sample: int = opt(2000, "points in the fixed sample the silhouette is computed on")
+    sample_size: int = opt(
+        100_000,
+        "rows every fit and resample is made on: a reproducible sample (a hash of each id), all rows when "
+        "the table is no larger; one streaming pass then assigns every row to every fit's clusters")
     cpus_per_trial: float | None = opt(
         None,
         "CPUs each Tune trial (one k, all its seeds and resamples) holds; its fits use as many threads. "
@@ -286,6 +290,8 @@ class StabilityConfig:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.resamples < 0:
             raise ValueError(f"resamples must be >= 0, got {self.resamples}")
+        if self.sample_size < 2:
+            raise ValueError(f"sample_size must be >= 2, got {self.sample_size}")
         check_choice("bootstrap", self.bootstrap, BOOTSTRAP_PROTOCOLS)
         if not 0.0 < self.subsample_fraction < 1.0:
             raise ValueError(f"subsample_fraction must be in (0, 1), got {self.subsample_fraction}")

@@ -102,28 +102,59 @@ def read_features(path: str | Path, expected_fingerprint: str | None = None) -> 
     DataError names the file and what is wrong: a missing ``id`` or ``feature`` column, a feature
     column that is not a fixed-size list of floats, widths that differ between files or from the
     metadata's code_dim, rows with NaN or inf, duplicate ids, or another model's fingerprint."""
+    return scan_features(path, expected_fingerprint=expected_fingerprint).sample
+
+
+@dataclass
+class TableScan:
+    """One streaming read of a feature table: the rows of a sample in memory, and of every row
+    only its id and label (for the count and the fingerprint)."""
+
+    sample: FeatureTable  # sorted by id
+    ids: np.ndarray  # int64 [n], every row's, sorted
+    labels: np.ndarray  # int64 [n] in the order of ids, -1 where unknown
+
+
+def scan_features(path: str | Path, share: float = 1.0, expected_fingerprint: str | None = None,
+                  batch_rows: int = 65_536) -> TableScan:
+    """Read a feature table batch by batch, checking every row as :func:`read_features` does,
+    and keep the rows whose id's sample key (``pipelines.assignment``) is below ``share``: all of
+    them with ``share`` 1. Memory: the sample, one batch, and 16 bytes per row."""
+    from pipelines.assignment import in_sample
+
     path = Path(path)
     files = parquet_files(path)
     metadata = table_metadata_of(files)
     if expected_fingerprint is not None and metadata.get("fingerprint") != expected_fingerprint:
-        raise DataError(
-            f"{path}: features of the model with fingerprint {metadata.get('fingerprint')}, "
-            f"expected {expected_fingerprint}"
-        )
-    width = metadata.get("code_dim") or feature_width(files[0])
-    table = pa.concat_tables([read_feature_file(file, int(width)) for file in files])
+        raise DataError(f"{path}: features of the model with fingerprint {metadata.get('fingerprint')}, "
+                        f"expected {expected_fingerprint}")
+    width = int(metadata.get("code_dim") or feature_width(files[0]))
+    kept, ids, labels = [], [], []
+    for file in files:
+        for batch in feature_batches(file, width, batch_rows):
+            batch_ids = batch["id"].to_numpy()
+            check_finite(batch_ids, feature_matrix(batch, width), file)
+            ids.append(batch_ids)
+            labels.append(batch["label"].fill_null(-1).to_numpy())
+            kept.append(batch if share >= 1 else batch.filter(pa.array(in_sample(batch_ids, share))))
+    ids, labels = np.concatenate(ids), np.concatenate(labels)
+    order = np.argsort(ids, kind="stable")
+    check_unique_ids(ids[order], path)
+    return TableScan(feature_table_in_memory(pa.concat_tables(kept), width, metadata), ids[order], labels[order])
+
+
+def feature_matrix(table: pa.Table, width: int) -> np.ndarray:
+    return writable_array(table["feature"].combine_chunks().flatten()).reshape(table.num_rows, width)
+
+
+def feature_table_in_memory(table: pa.Table, width: int, metadata: dict) -> FeatureTable:
     table = table.take(np.argsort(table["id"].to_numpy(), kind="stable"))
-    ids = writable_array(table["id"])
-    check_unique_ids(ids, path)
-    X = writable_array(table["feature"].combine_chunks().flatten()).reshape(len(ids), int(width))
-    recon_mse = writable_array(table["recon_mse"].fill_null(np.nan))
-    check_finite(ids, X, path)
     labels = writable_array(table["label"].fill_null(-1))
     label_names = np.array(table["label_name"].to_pylist(), dtype=object)
-    return FeatureTable(ids=ids, X=X, labels=labels, label_names=label_names,
-                        paths=np.array(table["path"].to_pylist(), dtype=object),
+    return FeatureTable(ids=writable_array(table["id"]), X=feature_matrix(table, width), labels=labels,
+                        label_names=label_names, paths=np.array(table["path"].to_pylist(), dtype=object),
                         class_names=metadata.get("class_names") or class_names_of(labels, label_names),
-                        recon_mse=recon_mse, metadata=metadata)
+                        recon_mse=writable_array(table["recon_mse"].fill_null(np.nan)), metadata=metadata)
 
 
 def table_metadata_of(files: list[Path]) -> dict:
@@ -146,9 +177,9 @@ def feature_width(file: Path) -> int:
     return feature_type.list_size
 
 
-def read_feature_file(file: Path, width: int) -> pa.Table:
-    """One file's columns in the featurelens schema (an optional column it lacks as nulls), after
-    checking the required ones and the feature width."""
+def feature_batches(file: Path, width: int, batch_rows: int, row_groups: list[int] | None = None):
+    """The batches of one file in the featurelens schema (an optional column it lacks as nulls),
+    after checking the required columns and the feature width."""
     schema = pq.read_schema(file)
     missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
     if missing:
@@ -157,17 +188,18 @@ def read_feature_file(file: Path, width: int) -> pa.Table:
         raise DataError(f"{file}: column 'feature' must be fixed_size_list<float32>[{width}], "
                         f"found {schema.field('feature').type}")
     present = [name for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in schema.names]
-    table = pq.read_table(file, columns=present)
-    if table["feature"].null_count:
-        raise DataError(f"{file}: column 'feature' has {table['feature'].null_count} null row(s)")
-    for name, kind in OPTIONAL_COLUMNS.items():
-        if name not in present:
-            table = table.append_column(name, pa.nulls(table.num_rows, kind))
     target = feature_schema(width)
-    try:
-        return table.select(target.names).cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-        raise DataError(f"{file}: columns do not fit the feature table's types ({error})") from None
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=present, row_groups=row_groups):
+        table = pa.Table.from_batches([batch])
+        if table["feature"].null_count:
+            raise DataError(f"{file}: column 'feature' has {table['feature'].null_count} null row(s)")
+        for name, kind in OPTIONAL_COLUMNS.items():
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows, kind))
+        try:
+            yield table.select(target.names).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise DataError(f"{file}: columns do not fit the feature table's types ({error})") from None
 
 
 def writable_array(values: pa.Array | pa.ChunkedArray) -> np.ndarray:

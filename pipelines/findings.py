@@ -95,39 +95,40 @@ def recommendation_reason(k: int, standing: Mapping[int, dict], threshold: float
                        f"partitions split clusters that do not survive resampling.")
 
 
-def cluster_findings(labels: ArrayLike, jaccard: Sequence[float], jaccard_se: Sequence[float],
-                     classes: ArrayLike | None = None, class_names: Sequence[str] = ()) -> list[dict]:
-    """Per cluster of one partition (in the order of ``np.unique(labels)``): size, mean bootstrap
-    Jaccard and its standard error, Hennig's verdict and, when classes are known, the dominant
-    class and its share of the cluster's labelled points (purity)."""
+def cluster_findings(sizes: ArrayLike, jaccard: Sequence[float], jaccard_se: Sequence[float],
+                     class_counts: ArrayLike | None = None, class_names: Sequence[str] = ()) -> list[dict]:
+    """Per cluster with points (``sizes`` [k] of clusters 0..k-1; ``jaccard`` and ``jaccard_se``
+    per cluster, NaN where unknown): size, mean bootstrap Jaccard and its standard error, Hennig's
+    verdict and, with ``class_counts`` [classes, k], the dominant class and its share of the
+    cluster's labelled points (purity)."""
     from pipelines.measures import jaccard_verdict
 
-    labels = np.asarray(labels)
     found = []
-    for cluster, mean, se in zip(np.unique(labels), jaccard, jaccard_se):
-        members = labels == cluster
-        entry = {"cluster": int(cluster), "size": int(members.sum()), "jaccard": finite_or_none(mean),
+    for cluster in np.flatnonzero(np.asarray(sizes) > 0):
+        mean, se = jaccard[cluster], jaccard_se[cluster]
+        entry = {"cluster": int(cluster), "size": int(sizes[cluster]), "jaccard": finite_or_none(mean),
                  "jaccard_se": finite_or_none(se),
                  "verdict": jaccard_verdict(mean) if math.isfinite(mean) else None}
-        if classes is not None:
-            entry.update(dominant_class(np.asarray(classes)[members], class_names))
+        if class_counts is not None:
+            entry.update(dominant_class(np.asarray(class_counts)[:, cluster], class_names))
         found.append(entry)
     return found
 
 
-def dominant_class(classes: np.ndarray, class_names: Sequence[str]) -> dict:
-    """The most frequent known class (ids >= 0) of a cluster's points and its share of them.
+def dominant_class(counts: ArrayLike, class_names: Sequence[str]) -> dict:
+    """The most frequent class of a cluster (``counts``: its points per class) and its share of
+    the cluster's labelled points.
 
-    >>> dominant_class(np.array([1, 1, 0, -1]), ["a", "b"])
+    >>> dominant_class(np.array([1, 2]), ["a", "b"])
     {'dominant_class': 'b', 'purity': 0.6667, 'labelled': 3}
     """
-    known = classes[classes >= 0]
-    if known.size == 0:
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.sum() == 0:
         return {"dominant_class": None, "purity": None, "labelled": 0}
-    counts = np.bincount(known)
     top = int(counts.argmax())
     name = class_names[top] if top < len(class_names) else str(top)
-    return {"dominant_class": name, "purity": round(float(counts[top] / known.size), 4), "labelled": int(known.size)}
+    return {"dominant_class": name, "purity": round(float(counts[top] / counts.sum()), 4),
+            "labelled": int(counts.sum())}
 
 
 def finite_or_none(value: float) -> float | None:

@@ -157,15 +157,14 @@ def run_stability_stage(run_dir: Path, config: PipelineConfig) -> str:
     stability = config.stability
     if stability.heatmap_k is None and config.recluster.k in stability.k_values:
         stability = dataclasses.replace(stability, heatmap_k=config.recluster.k)
-    features = load_sweep_data(stage_dir(run_dir, "extract"))
+    features = load_sweep_data(stage_dir(run_dir, "extract"), stability.sample_size)
     return run_stability(features, stability, stage_dir(run_dir, "stability")).line()
 
 
 def run_recluster_stage(run_dir: Path, config: PipelineConfig) -> str:
     from pipelines.recluster import run_recluster
 
-    return run_recluster(stage_dir(run_dir, "stability"), stage_dir(run_dir, "extract"), config.recluster,
-                         stage_dir(run_dir, "recluster")).line()
+    return run_recluster(stage_dir(run_dir, "stability"), config.recluster, stage_dir(run_dir, "recluster")).line()
 
 
 def run_report_stage(run_dir: Path, config: PipelineConfig) -> str:

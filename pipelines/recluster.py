@@ -1,9 +1,10 @@
 """Class re-clustering over every seed of one k of a stability sweep (the job ``jobs.recluster``).
 
-For each seed's clustering, ``pipelines.class_groups.recluster_classes`` groups the classes into
+For each seed's clustering, ``pipelines.class_groups.regroup_classes`` groups the classes into
 ``k_re`` groups; the groupings of all seeds are then summarised by how often two classes share a
 group (co-assignment) and by the groups that recur. The maths is ``pipelines.class_groups``'s; this
-module reads the sweep, loops over the seeds and writes.
+module reads the sweep, loops over the seeds and writes. It reads only the sweep's small tables
+(class x cluster counts per seed, the class means): never the feature matrix, nor a label per row.
 
 Output folder::
 
@@ -29,24 +30,23 @@ from pipelines.config import ReclusterConfig, natural_key
 from pipelines.class_groups import (
     ReclusterResult,
     canonical_partition,
-    class_cluster_table,
     co_assignment,
     membership,
-    recluster_classes,
     recurring_groups,
+    regroup_classes,
 )
-from pipelines.rundir import GROUPS_FILE, read_labels, read_manifest
+from pipelines.rundir import CLASS_COUNTS_FILE, CLASS_MEANS_FILE, GROUPS_FILE, k_dir, read_manifest
 from pipelines.storage import atomic_output, write_json_atomic
-from pipelines.sweep_scores import load_sweep_data
 
 
 @dataclass(frozen=True)
-class ClassLabels:
-    """The points of the sweep whose class is known: their class, their features and their clusters."""
+class ClassTables:
+    """The classes the sweep saw (those with points): per seed how they spread over the clusters,
+    and their mean feature vectors."""
 
-    classes: np.ndarray  # [m] class index
-    X: np.ndarray  # [m, d]
-    clusterings: np.ndarray  # [seeds, m]: cluster of each point, per seed of the sweep
+    class_ids: np.ndarray  # [m] class index of each row below
+    counts: np.ndarray  # [seeds, m, k]
+    means: np.ndarray  # [m, d]
     class_names: list[str]
 
 
@@ -64,31 +64,28 @@ class ReclusterOutcome:
                 f"({self.config.method}, k_re={self.config.k_re})")
 
 
-def load_class_labels(stability: str | Path, features: str | Path | None, k: int) -> ClassLabels:
-    """The sweep's clusterings of ``k`` beside the features and classes of the table it swept."""
+def load_class_tables(stability: str | Path, k: int) -> ClassTables:
+    """The class x cluster counts of every seed of ``k`` and the class means, as the sweep summed them."""
     manifest = read_manifest(stability)
     if k not in manifest["k"]:
         raise ValueError(f"k={k} is not in the sweep at {stability} (k: {', '.join(map(str, manifest['k']))})")
-    features = features or manifest["features"]
-    if features is None:
-        raise ValueError(f"the sweep at {stability} records no feature table: pass --features")
-    data = load_sweep_data(features)
-    if data.fingerprint != manifest["fingerprint"]:
-        raise ValueError(f"{features} is not the feature table the sweep at {stability} clustered "
-                         f"(fingerprint {data.fingerprint}, the sweep's {manifest['fingerprint']})")
-    if data.classes is None:
-        raise ValueError(f"{features} has no class labels: there are no classes to re-cluster")
-    _, clusterings = read_labels(stability, k)  # the fingerprint covers the ids
-    known = data.classes >= 0
-    return ClassLabels(data.classes[known], data.X[known], clusterings[:, known], data.class_names)
+    counts_file = k_dir(stability, k) / CLASS_COUNTS_FILE
+    if not counts_file.is_file():
+        raise ValueError(f"the feature table the sweep at {stability} clustered has no class labels: "
+                         "there are no classes to re-cluster")
+    counts = np.load(counts_file)
+    present = np.flatnonzero(counts[0].sum(axis=1) > 0)
+    means = np.load(Path(stability) / CLASS_MEANS_FILE)[present]
+    return ClassTables(present, counts[:, present], means, manifest["class_names"])
 
 
-def regroup_seeds(labels: ClassLabels, config: ReclusterConfig) -> list[ReclusterResult]:
+def regroup_seeds(tables: ClassTables, config: ReclusterConfig) -> list[ReclusterResult]:
     """One re-clustering of the classes per seed of the sweep (its own KMeans seed, too)."""
     return [
-        recluster_classes(config.method, class_labels=labels.classes, cluster_labels=clustering, X=labels.X,
-                          k=config.k, k_re=config.k_re, seed=seed, allow_nominal_mean=config.allow_nominal_mean)
-        for seed, clustering in enumerate(labels.clusterings)
+        regroup_classes(config.method, class_ids=tables.class_ids, class_sizes=counts.sum(axis=1),
+                        class_counts=counts, class_means=tables.means, k_re=config.k_re, seed=seed,
+                        allow_nominal_mean=config.allow_nominal_mean)
+        for seed, counts in enumerate(tables.counts)
     ]
 
 
@@ -102,9 +99,9 @@ def most_frequent_partition(groupings: np.ndarray) -> tuple[frozenset[frozenset[
     return Counter(canonical_partition(grouping) for grouping in groupings).most_common(1)[0]
 
 
-def run_recluster(stability: str | Path, features: str | Path | None, config: ReclusterConfig, out: str | Path,
-                overwrite: bool = False) -> ReclusterOutcome:
-    labels = load_class_labels(stability, features, config.k)
+def run_recluster(stability: str | Path, config: ReclusterConfig, out: str | Path,
+                  overwrite: bool = False) -> ReclusterOutcome:
+    labels = load_class_tables(stability, config.k)
     results = regroup_seeds(labels, config)
     class_ids = results[0].class_ids  # the same classes for every seed
     groupings = np.vstack([result.groups for result in results])
@@ -137,12 +134,11 @@ def class_table(result: ReclusterResult, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def write_plots(folder: Path, labels: ClassLabels, seed0: ReclusterResult, co_assigned: pd.DataFrame,
+def write_plots(folder: Path, tables: ClassTables, seed0: ReclusterResult, co_assigned: pd.DataFrame,
                 config: ReclusterConfig) -> None:
     """Seed 0's class x cluster shares and the co-assignment, both with the classes in group order."""
     order = np.lexsort((np.arange(len(seed0.groups)), seed0.groups))
-    shares = membership(class_cluster_table(np.searchsorted(seed0.class_ids, labels.classes), labels.clusterings[0],
-                                            len(seed0.class_ids), config.k))
+    shares = membership(tables.counts[0])
     rows = [f"{co_assigned.index[row]} (group {seed0.groups[row]})" for row in order]
     plots.heatmap(shares[order], rows, list(range(config.k)), folder / "membership.png", xlabel="cluster",
                   title=f"share of each class in each cluster (k={config.k}, seed 0)")

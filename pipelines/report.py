@@ -374,7 +374,7 @@ def findings_section(shown: Shown) -> Section:
     what = "the decoded centroid, then the" if decoded else "the"
     paragraphs = [*recommendation_text(findings, entry),
                   f"Each card: {what} {config.report.nearest} real images nearest the cluster's centre (seed 0 of the "
-                  "sweep). Every image's cluster at every k is in stability/assignments.csv."]
+                  "sweep). Every image's cluster at every k is in stability/assignments/ (Parquet)."]
     paragraphs += attribute_sentences(entry)
     cards = [cluster_card(cluster, strip) for cluster, strip in zip(entry["clusters"], strips)]
     figure = folder / "plots" / "stability_vs_k.png"

@@ -10,10 +10,11 @@ and each folder's marker file, written last, says the stage finished.
     RUN/train/                      model.pt, metrics.jsonl, loss_curve.png, reconstructions.png,
                                     checkpoint_*/state.pt (Ray Train's), skipped_images.csv
     RUN/features/                   the Parquet feature table (``pipelines.feature_table``)
-    RUN/stability/                  per_k/k=05/{labels.npy,result.json}, ids.npy, sweep.json,
-                                    runs.csv, clusters.csv, findings.json (the recommended k, every
-                                    cluster), assignments.parquet|csv (id, path, k, cluster),
-                                    contingency/, plots/, summary.csv (last)
+    RUN/stability/                  per_k/k=05/{fit.json,models.npz,result.json,class_counts.npy},
+                                    assignments/k05/*.parquet (id, path, k, cluster, seed_clusters),
+                                    sweep.json, runs.csv, clusters.csv, findings.json (the
+                                    recommended k, every cluster), class_means.npy, contingency/,
+                                    plots/, summary.csv (last)
     RUN/recluster/                  groups.json, co_assignment.csv, classes.csv, plots/
     RUN/report/                     report.html, report.md, prototypes_k*.png
 """
@@ -24,6 +25,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 STAGES = ("train", "extract", "stability", "recluster", "report")
 STAGE_DIRS = {"train": "train", "extract": "features", "stability": "stability", "recluster": "recluster",
@@ -35,10 +38,11 @@ LOG_FILE = "featurelens.log"  # Ray's and the libraries' output (the terminal ke
 MODEL_FILE, METRICS_FILE, STATE_FILE = "model.pt", "metrics.jsonl", "state.pt"
 SKIPPED_IMAGES_FILE = "skipped_images.csv"
 # stability/
-PER_K, IDS_FILE, MANIFEST, TRANSFORMED = "per_k", "ids.npy", "sweep.json", "transformed.npy"
+PER_K, MANIFEST, TRANSFORMED = "per_k", "sweep.json", "transformed.npy"
+FIT_FILE, MODELS_FILE, RESULT_FILE, CLASS_COUNTS_FILE = "fit.json", "models.npz", "result.json", "class_counts.npy"
 SUMMARY_FILE, CLUSTERS_FILE, RUNS_FILE = "summary.csv", "clusters.csv", "runs.csv"
-REPRESENTATION_FILE = "representation.csv"
-FINDINGS_FILE, ASSIGNMENTS_PARQUET, ASSIGNMENTS_CSV = "findings.json", "assignments.parquet", "assignments.csv"
+REPRESENTATION_FILE, CLASS_MEANS_FILE = "representation.csv", "class_means.npy"
+FINDINGS_FILE, ASSIGNMENTS = "findings.json", "assignments"
 # recluster/ and report/
 GROUPS_FILE, REPORT_HTML, REPORT_MD = "groups.json", "report.html", "report.md"
 # The file whose presence says a stage finished (the train stage also needs its epochs).
@@ -88,6 +92,23 @@ def read_manifest(stability: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def assignments_dir(stability: str | Path, k: int) -> Path:
+    """Every row's cluster at one k: Parquet files of id, path, k, cluster (seed 0), seed_clusters."""
+    return Path(stability) / ASSIGNMENTS / f"k{k:02d}"
+
+
+def read_assignments(stability: str | Path, k: int, columns: list[str] | None = None) -> pa.Table:
+    """The assignments of one k (``columns`` of them), rows sorted by id."""
+    folder = assignments_dir(stability, k)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{stability}: no assignments of k={k} ({folder} missing)")
+    table = pq.read_table(folder, columns=columns, partitioning=None)
+    return table.take(np.argsort(table["id"].to_numpy(), kind="stable")) if "id" in table.column_names else table
+
+
 def read_labels(stability: str | Path, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [n], labels [seeds, n]) of one k of a finished sweep."""
-    return np.load(Path(stability) / IDS_FILE), np.load(k_dir(stability, k) / "labels.npy")
+    """(ids [n], labels [seeds, n]) of one k of a finished sweep, sorted by id."""
+    table = read_assignments(stability, k, ["id", "seed_clusters"])
+    seeds = table.schema.field("seed_clusters").type.list_size
+    labels = table["seed_clusters"].combine_chunks().flatten().to_numpy().reshape(-1, seeds).T
+    return table["id"].to_numpy(), np.ascontiguousarray(labels, dtype=np.int32)

@@ -1,9 +1,13 @@
-"""The sweep's work for one k, and its tables: fits, scores between seeds, on resamples and
-against the classes. Plain numpy, pandas and scikit-learn; the stability stage runs
-:func:`evaluate_k` in Ray Tune trials, :func:`sweep_sequential` in a plain loop.
+"""The sweep's work for one k, and its tables. Plain numpy, pandas and scikit-learn.
 
-One k is the smallest piece of work that needs nothing from another: the resamples need the
-seed-0 labels, the agreement between seeds needs every seed.
+Two steps per k. :func:`fit_k` fits every seed on the sample (``SweepData.X``: all rows of a
+small table) and scores what only the sample can: the silhouette, and the bootstrap and
+subsample resamples (clusterboot's protocol, refitted on the sample). The assignment pass
+(``pipelines.assignment``) then puts every row of the table in a cluster of every fit and sums
+count tables, from which :func:`k_result` computes the rest: cluster sizes, exact inertia,
+ACC / NMI / ARI against the classes, and the agreement between seeds. The stability stage runs
+:func:`fit_k` in Ray Tune trials and the pass over Ray Data; :func:`sweep_sequential` does both
+in a plain loop.
 """
 
 from __future__ import annotations
@@ -11,46 +15,59 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import silhouette_score
 
-from pipelines.class_groups import class_cluster_table
+from pipelines.assignment import KStats, assign_points, sample_share
 from pipelines.config import StabilityConfig, parse_transform
-from pipelines.feature_table import read_features
+from pipelines.feature_table import scan_features
 from pipelines.measures import (
     PARTITION_AGREEMENT,
     bootstrap_indices,
-    class_agreement,
+    class_agreement_from_table,
     jaccard_verdict,
-    pairwise_seed_agreement_all,
     resample_stability,
+    seed_agreement_from_tables,
     subsample_indices,
 )
-from pipelines.transforms import apply_transform, fit_clusters, within_cluster_sum_of_squares
+from pipelines.transforms import FittedClusters, FittedTransform, fit_clusters, fit_seeds, fit_transform
 
 
 # Fixed seeds: every k is scored on the same silhouette sample and the same resamples, so that
 # the differences between k are not differences between samples.
 SILHOUETTE_SEED, BOOTSTRAP_SEED, SUBSAMPLE_SEED = 0, 1, 2
 CLASS_MEASURES = ("acc", "nmi", "ari")
+PROTOTYPES = 16  # per cluster of seed 0, the ids nearest its centre that the pass keeps (the report's images)
 
 
 @dataclass(frozen=True, eq=False)
 class SweepData:
-    """The points of the sweep, and their classes when known."""
+    """The sample the sweep fits on (every row of a small table), and their classes when known."""
 
     X: NDArray[np.float32]  # [n, d]
     ids: NDArray[np.int64]  # [n]
     classes: NDArray[np.int64] | None  # [n], -1 where unknown; None when no point has a class
     class_names: list[str]  # by class index
-    fingerprint: str  # names these rows: results of another table are refused
+    fingerprint: str  # names the table's rows: results of another table are refused
     source: str | None = None  # the feature table's path
     paths: NDArray[np.object_] | None = None  # [n] image file of each point (None where unknown)
+    n_rows: int = 0  # rows of the whole table; 0: X holds them all
+    share: float = 1.0  # the sample's share of the table (pipelines.assignment.sample_share)
+
+    @property
+    def rows(self) -> int:
+        return self.n_rows or len(self.X)
+
+    @property
+    def whole(self) -> bool:
+        """Whether X holds every row, so that the assignment pass can run on it in memory."""
+        return self.rows == len(self.X)
 
 
 def sweep_data(X: ArrayLike, *, ids: ArrayLike | None = None, classes: ArrayLike | None = None,
@@ -73,10 +90,26 @@ def sweep_data(X: ArrayLike, *, ids: ArrayLike | None = None, classes: ArrayLike
     return SweepData(X, ids, classes, list(class_names or []), content_fingerprint(X, ids, classes), source, paths)
 
 
-def load_sweep_data(features: str | Path) -> SweepData:
-    table = read_features(features)
-    return sweep_data(table.X, ids=table.ids, classes=table.labels, class_names=table.class_names,
+def load_sweep_data(features: str | Path, sample_size: int | None = None) -> SweepData:
+    """The sample of a feature table (all of it without ``sample_size``), read in one streaming pass
+    that checks every row; the fingerprint covers every row's id and class and the sample's features."""
+    rows = parquet_row_count(features)
+    share = 1.0 if sample_size is None else sample_share(rows, sample_size)
+    scan = scan_features(features, share)
+    table = scan.sample
+    known = scan.labels if (scan.labels >= 0).any() else None
+    # a class that no sampled row has is still counted by the assignment pass: name every class
+    names = table.class_names + [str(label) for label in range(len(table.class_names), scan.labels.max() + 1)]
+    data = sweep_data(table.X, ids=table.ids, classes=table.labels, class_names=names,
                       source=str(Path(features).resolve()), paths=table.paths)
+    return replace(data, fingerprint=content_fingerprint(table.X, scan.ids, known), n_rows=len(scan.ids),
+                   share=share)
+
+
+def parquet_row_count(features: str | Path) -> int:
+    from pipelines.feature_table import parquet_files
+
+    return sum(pq.ParquetFile(file).metadata.num_rows for file in parquet_files(Path(features)))
 
 
 def content_fingerprint(X: np.ndarray, ids: np.ndarray, classes: np.ndarray | None) -> str:
@@ -89,41 +122,60 @@ def content_fingerprint(X: np.ndarray, ids: np.ndarray, classes: np.ndarray | No
 
 
 @dataclass(eq=False)
-class KResult:
-    """Everything one k produced: the labels of every seed and the scores computed from them."""
+class KFit:
+    """One k fitted on the sample: every seed's model, and the scores only the sample gives."""
 
     k: int
-    labels: NDArray[np.int32]  # [seeds, n]
-    runs: list[dict]  # per seed: seed, inertia, silhouette, acc, nmi, ari
-    seed_agreement: dict | None  # pairwise_seed_agreement_all; None with one seed
+    models: FittedClusters
+    silhouette: list[float]  # per seed, on the fixed silhouette sample
     bootstrap: dict | None  # see resample_summary; None without resamples
     subsample: dict | None
     seconds: float
 
     def scores(self) -> dict:
-        return {name: value for name, value in asdict(self).items() if name != "labels"}
+        return {name: value for name, value in asdict(self).items() if name != "models"}
 
 
-def fit(X: np.ndarray, k: int, seed: int, config: StabilityConfig) -> NDArray[np.int32]:
-    return fit_clusters(X, k, seed, config.clusterer, config.gmm_covariance)
+@dataclass(eq=False)
+class KResult:
+    """Everything one k produced, over every row of the table."""
+
+    k: int
+    runs: list[dict]  # per seed: seed, inertia, silhouette, acc, nmi, ari
+    seed_agreement: dict | None  # measure -> mean, std, n_pairs; None with one seed
+    bootstrap: dict | None
+    subsample: dict | None
+    seconds: float
+    sizes: list[int]  # seed 0: points per cluster 0..k-1
+    prototypes: list[list[int]]  # seed 0: per cluster the ids nearest its centre, nearest first
+    class_counts: NDArray[np.int64] | None = field(default=None, repr=False)  # [seeds, classes, k]
+
+    def scores(self) -> dict:
+        return {name: value for name, value in asdict(self).items() if name != "class_counts"}
 
 
-def evaluate_k(X: np.ndarray, k: int, config: StabilityConfig, classes: np.ndarray | None = None) -> KResult:
-    """Fit the clusterer for every seed of ``k`` on the (transformed) points ``X``, and score the
-    fits against each other, the classes and resamples of the points. The Tune trial and
-    :func:`sweep_sequential` both run this."""
+def fit_k(X: np.ndarray, k: int, config: StabilityConfig) -> KFit:
+    """Fit the clusterer for every seed of ``k`` on the (transformed) sample ``X``; score the
+    silhouette and the resamples of seed 0's clustering there."""
     started = time.perf_counter()
-    labels = np.vstack([fit(X, k, seed, config) for seed in range(config.seeds)])
+    models, labels = fit_seeds(X, k, config.seeds, config.clusterer, config.gmm_covariance)
     sample = silhouette_indices(len(X), config.silhouette_sample)
-    runs = [
-        {"seed": seed, "inertia": within_cluster_sum_of_squares(X, seed_labels),
-         "silhouette": silhouette(X[sample], seed_labels[sample]), **class_scores(classes, seed_labels)}
-        for seed, seed_labels in enumerate(labels)
-    ]
-    # Per k in the trial rather than on the driver: 45 seed pairs of AMI take seconds, in parallel here.
-    seed_agreement = pairwise_seed_agreement_all(labels) if config.seeds > 1 else None
+    silhouettes = [silhouette(X[sample], seed_labels[sample]) for seed_labels in labels]
     bootstrap, subsample = resample_scores(X, k, labels[0], config)
-    return KResult(k, labels, runs, seed_agreement, bootstrap, subsample, time.perf_counter() - started)
+    return KFit(k, models, silhouettes, bootstrap, subsample, time.perf_counter() - started)
+
+
+def k_result(fit: KFit, stats: KStats, with_classes: bool, seconds: float = 0.0) -> KResult:
+    """The scores of one k from its fit and the assignment pass's sums (``seconds``: its share of the pass)."""
+    inertia = stats.within_cluster_sum_of_squares()
+    runs = [{"seed": seed, "inertia": float(inertia[seed]), "silhouette": fit.silhouette[seed],
+             **(class_agreement_from_table(stats.class_counts[seed]) if with_classes
+                else dict.fromkeys(CLASS_MEASURES, math.nan))}
+            for seed in range(len(inertia))]
+    agreement = seed_agreement_from_tables(stats.pair_counts) if len(stats.pair_counts) else None
+    prototypes = [[int(i) for i in row if i >= 0] for row in stats.nearest_id]
+    return KResult(fit.k, runs, agreement, fit.bootstrap, fit.subsample, fit.seconds + seconds,
+                   stats.counts[0].tolist(), prototypes, stats.class_counts if with_classes else None)
 
 
 def silhouette_indices(n_points: int, size: int) -> NDArray[np.int64]:
@@ -138,14 +190,6 @@ def silhouette(X: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(X, labels)) if 2 <= n_clusters < len(labels) else math.nan
 
 
-def class_scores(classes: np.ndarray | None, labels: np.ndarray) -> dict[str, float]:
-    """ACC, NMI and ARI against the classes, on the points whose class is known (NaN without)."""
-    if classes is None:
-        return dict.fromkeys(CLASS_MEASURES, math.nan)
-    known = classes >= 0
-    return class_agreement(classes[known], labels[known])
-
-
 def resample_scores(X: np.ndarray, k: int, reference: np.ndarray,
                     config: StabilityConfig) -> tuple[dict | None, dict | None]:
     """Hennig's bootstrap and the subsample test of the seed-0 clustering ``reference``."""
@@ -153,7 +197,7 @@ def resample_scores(X: np.ndarray, k: int, reference: np.ndarray,
         return None, None
 
     def refit(X_resample: np.ndarray, resample_no: int) -> np.ndarray:
-        return fit(X_resample, k, resample_no, config)
+        return fit_clusters(X_resample, k, resample_no, config.clusterer, config.gmm_covariance)
 
     n = len(X)
     draws = (bootstrap_indices(n, config.resamples, BOOTSTRAP_SEED),
@@ -171,20 +215,22 @@ def resample_summary(stability: dict) -> dict:
 
 
 def sweep_sequential(X: ArrayLike, config: StabilityConfig, classes: ArrayLike | None = None) -> dict[int, KResult]:
-    """The sweep as a plain loop in this process: the Tune path's work, without Tune or files."""
+    """The sweep as a plain loop in this process: the Tune trials' fits and the assignment pass's
+    sums, without Tune, Ray Data or files."""
     data = sweep_data(X, classes=classes)
-    points = transform_points(data.X, config)
-    return {k: evaluate_k(points, k, config, data.classes) for k in config.k_values}
+    _, points = transform_points(data.X, config)
+    fits = {k: fit_k(points, k, config) for k in config.k_values}
+    classes = data.classes if data.classes is not None else np.full(len(data.ids), -1)
+    _, stats = assign_points(points, data.X, data.ids, classes, {k: fit.models for k, fit in fits.items()},
+                             len(data.class_names), PROTOTYPES)
+    return {k: k_result(fit, stats.per_k[k], data.classes is not None) for k, fit in fits.items()}
 
 
-def transform_points(X: np.ndarray, config: StabilityConfig) -> NDArray[np.float32]:
-    """``X`` through the configured transform (``X`` itself without one)."""
-    steps = parse_transform(config.transform)
-    if not steps:
-        return X
-    return apply_transform(X, steps, pca_components=config.pca_components, umap_components=config.umap_components,
-                           umap_neighbors=config.umap_neighbors, umap_min_dist=config.umap_min_dist,
-                           seed=config.transform_seed)
+def transform_points(X: np.ndarray, config: StabilityConfig) -> tuple[FittedTransform, NDArray[np.float32]]:
+    """The configured transform fitted on ``X``, and ``X`` through it (``X`` itself without one)."""
+    return fit_transform(X, parse_transform(config.transform), pca_components=config.pca_components,
+                         umap_components=config.umap_components, umap_neighbors=config.umap_neighbors,
+                         umap_min_dist=config.umap_min_dist, seed=config.transform_seed)
 
 
 def summary_row(result: KResult) -> dict:
@@ -224,28 +270,28 @@ def runs_table(results: list[KResult]) -> pd.DataFrame:
 
 
 def clusters_table(results: list[KResult]) -> pd.DataFrame:
-    """One row per cluster of seed 0 of every k, with its bootstrap and subsample Jaccard."""
+    """One row per cluster of seed 0 of every k (with points), with its bootstrap and subsample Jaccard."""
     rows = []
     for result in results:
-        # The Jaccard lists follow np.unique of the seed-0 labels too (resample_stability's order).
-        cluster_ids, sizes = np.unique(result.labels[0], return_counts=True)
-        bootstrap, bootstrap_se = resample_column(result.bootstrap, "mean_jaccard", len(cluster_ids)), \
-            resample_column(result.bootstrap, "se_jaccard", len(cluster_ids))
-        subsample = resample_column(result.subsample, "mean_jaccard", len(cluster_ids))
-        rows += [{"k": result.k, "cluster": int(cluster), "size": int(size), "bootstrap_jaccard": boot,
-                  "bootstrap_jaccard_se": se, "subsample_jaccard": sub, "verdict": verdict_of(boot)}
-                 for cluster, size, boot, se, sub in zip(cluster_ids, sizes, bootstrap, bootstrap_se, subsample)]
+        bootstrap, bootstrap_se, subsample = (per_cluster(summary, name, result.k) for summary, name in (
+            (result.bootstrap, "mean_jaccard"), (result.bootstrap, "se_jaccard"), (result.subsample, "mean_jaccard")))
+        rows += [{"k": result.k, "cluster": cluster, "size": size, "bootstrap_jaccard": bootstrap[cluster],
+                  "bootstrap_jaccard_se": bootstrap_se[cluster], "subsample_jaccard": subsample[cluster],
+                  "verdict": verdict_of(bootstrap[cluster])}
+                 for cluster, size in enumerate(result.sizes) if size > 0]
     return pd.DataFrame(rows)
 
 
-def resample_column(summary: dict | None, name: str, k: int) -> list[float]:
-    """One per-cluster list of a resample summary; NaN without resamples (or results saved before it)."""
-    return list((summary or {}).get(name) or [math.nan] * k)
+def per_cluster(summary: dict | None, name: str, k: int) -> list[float]:
+    """One per-cluster list of a resample summary, by cluster 0..k-1: NaN for a cluster the sample's
+    seed-0 clustering did not have, and without resamples."""
+    values = [math.nan] * k
+    for cluster, value in zip((summary or {}).get("cluster_ids", []), (summary or {}).get(name, [])):
+        values[cluster] = value
+    return values
 
 
-def contingency_table(data: SweepData, result: KResult) -> pd.DataFrame:
+def contingency_table(class_names: list[str], result: KResult) -> pd.DataFrame:
     """Class x cluster counts of seed 0, on the points whose class is known."""
-    known = data.classes >= 0
-    counts = class_cluster_table(data.classes[known], result.labels[0][known], len(data.class_names), result.k)
-    return pd.DataFrame(counts, index=pd.Index(data.class_names, name="class"),
+    return pd.DataFrame(result.class_counts[0], index=pd.Index(class_names, name="class"),
                         columns=[f"cluster_{cluster}" for cluster in range(result.k)])

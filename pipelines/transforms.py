@@ -18,6 +18,8 @@ same output, bit for bit (UMAP runs single-threaded to guarantee it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.cluster import KMeans
@@ -27,11 +29,27 @@ from sklearn.mixture import GaussianMixture
 from pipelines.config import CLUSTERERS
 
 
-def standardize(X: ArrayLike) -> NDArray[np.float32]:
-    """Mean 0 and variance 1 per feature; a constant feature becomes 0 rather than NaN."""
-    X = np.asarray(X, dtype=np.float64)
-    std = X.std(axis=0)
-    return ((X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+@dataclass
+class FittedTransform:
+    """A chain of transform steps fitted on one set of points (the sweep's sample), to be applied
+    to any rows of the same table: the assignment pass maps it over every batch."""
+
+    steps: list[tuple[str, object]] = field(default_factory=list)  # (step, what it learnt)
+
+    def apply(self, X: ArrayLike) -> NDArray[np.float32]:
+        X = np.asarray(X, dtype=np.float32)
+        for step, state in self.steps:
+            X = apply_step(step, state, X)
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def apply_step(step: str, state, X: np.ndarray) -> NDArray[np.float32]:
+    if step == "standardize":
+        mean, scale = state
+        return ((X.astype(np.float64) - mean) / scale).astype(np.float32)
+    if step == "l2":
+        return l2_normalize(X)
+    return state.transform(X).astype(np.float32)  # pca, umap: the fitted estimator
 
 
 def l2_normalize(X: ArrayLike) -> NDArray[np.float32]:
@@ -41,57 +59,119 @@ def l2_normalize(X: ArrayLike) -> NDArray[np.float32]:
     return (X / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def pca(X: ArrayLike, n_components: int, whiten: bool, seed: int) -> NDArray[np.float32]:
-    """The first ``n_components`` principal components (at most the table's rank allows)."""
-    X = np.asarray(X, dtype=np.float32)
-    n_components = min(n_components, *X.shape)
-    return PCA(n_components=n_components, whiten=whiten, svd_solver="full", random_state=seed).fit_transform(X)
+def fit_step(step: str, X: np.ndarray, *, pca_components: int, umap_components: int, umap_neighbors: int,
+             umap_min_dist: float, seed: int) -> tuple[object, NDArray[np.float32]]:
+    """(what ``step`` learns from ``X``, ``X`` through it)."""
+    if step == "standardize":  # a constant feature becomes 0 rather than NaN
+        X64 = X.astype(np.float64)
+        std = X64.std(axis=0)
+        state = (X64.mean(axis=0), np.where(std > 0, std, 1.0))
+        return state, apply_step(step, state, X)
+    if step == "l2":
+        return None, l2_normalize(X)
+    if step in ("pca", "pca-whiten"):
+        model = PCA(n_components=min(pca_components, *X.shape), whiten=step == "pca-whiten", svd_solver="full",
+                    random_state=seed)
+        return model, model.fit_transform(X).astype(np.float32)
+    if step == "umap":
+        return umap_fit(X, umap_components, umap_neighbors, umap_min_dist, seed)
+    raise ValueError(f"transform: unknown step {step!r}")
 
 
-def umap_embedding(X: ArrayLike, n_components: int, n_neighbors: int, min_dist: float,
-                   seed: int) -> NDArray[np.float32]:
+def umap_fit(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: float,
+             seed: int) -> tuple[object, NDArray[np.float32]]:
     """UMAP (umap-learn) with a fixed ``random_state``, which makes it deterministic."""
     import umap  # imported here: numba compiles on first import, seconds that other paths need not pay
 
-    X = np.asarray(X, dtype=np.float32)
     if n_neighbors >= len(X):
         raise ValueError(f"umap_neighbors={n_neighbors} needs more than {n_neighbors} rows; the table has {len(X)}")
     reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
                         n_jobs=1)  # a fixed random_state runs single-threaded anyway; say so, quietly
-    return reducer.fit_transform(X).astype(np.float32)
+    return reducer, reducer.fit_transform(X).astype(np.float32)
 
 
-def apply_transform(X: ArrayLike, steps: list[str], *, pca_components: int = 50, umap_components: int = 10,
-                    umap_neighbors: int = 20, umap_min_dist: float = 0.0, seed: int = 0) -> NDArray[np.float32]:
-    """Fit and apply the chain ``steps`` (see :func:`parse_transform`) to ``X`` [n, d]."""
+def fit_transform(X: ArrayLike, steps: list[str], *, pca_components: int = 50, umap_components: int = 10,
+                  umap_neighbors: int = 20, umap_min_dist: float = 0.0,
+                  seed: int = 0) -> tuple[FittedTransform, NDArray[np.float32]]:
+    """Fit the chain ``steps`` (see :func:`parse_transform`) on ``X`` [n, d]: the fitted chain,
+    and ``X`` through it (for UMAP its embedding of ``X``, which ``apply`` would only approximate)."""
     X = np.asarray(X, dtype=np.float32)
+    fitted = FittedTransform()
     for step in steps:
-        if step == "standardize":
-            X = standardize(X)
-        elif step == "l2":
-            X = l2_normalize(X)
-        elif step in ("pca", "pca-whiten"):
-            X = pca(X, pca_components, whiten=step == "pca-whiten", seed=seed)
-        elif step == "umap":
-            X = umap_embedding(X, umap_components, umap_neighbors, umap_min_dist, seed)
-        else:
-            raise ValueError(f"transform: unknown step {step!r}")
-    return np.ascontiguousarray(X, dtype=np.float32)
+        state, X = fit_step(step, X, pca_components=pca_components, umap_components=umap_components,
+                            umap_neighbors=umap_neighbors, umap_min_dist=umap_min_dist, seed=seed)
+        fitted.steps.append((step, state))
+    return fitted, np.ascontiguousarray(X, dtype=np.float32)
+
+
+def apply_transform(X: ArrayLike, steps: list[str], **settings) -> NDArray[np.float32]:
+    """``X`` through the chain ``steps`` fitted on ``X`` itself (settings as :func:`fit_transform`)."""
+    return fit_transform(X, steps, **settings)[1]
+
+
+# --- clusterers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class FittedClusters:
+    """Every seed's fit of one k: what assigning a new point needs. ``centers`` are KMeans's
+    centroids or the mixture's means; a mixture also keeps its weights and precisions."""
+
+    clusterer: str
+    centers: NDArray[np.float32]  # [seeds, k, d]
+    mixture: dict[str, np.ndarray] = field(default_factory=dict)  # gmm: weights, precisions_cholesky
+    covariance: str = ""
+
+    @property
+    def seeds(self) -> int:
+        return len(self.centers)
+
+    def predict(self, seed: int, X: np.ndarray) -> NDArray[np.int32]:
+        """The cluster of each row of ``X`` [n, d] under seed ``seed``'s fit."""
+        if self.clusterer == "kmeans":
+            return nearest_center(X, self.centers[seed])[0]
+        mixture = GaussianMixture(n_components=self.centers.shape[1], covariance_type=self.covariance)
+        mixture.means_, mixture.weights_ = self.centers[seed].astype(np.float64), self.mixture["weights"][seed]
+        mixture.precisions_cholesky_ = self.mixture["precisions_cholesky"][seed]
+        return mixture.predict(X).astype(np.int32)
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
+    """(index of the nearest of ``centers`` [k, d], squared distance to it) for each row of ``X``."""
+    X = np.asarray(X, dtype=np.float32)
+    distances = (X * X).sum(axis=1, keepdims=True) - 2 * X @ centers.T + (centers * centers).sum(axis=1)
+    labels = distances.argmin(axis=1).astype(np.int32)
+    return labels, np.maximum(distances[np.arange(len(X)), labels], 0).astype(np.float64)
+
+
+def fit_clusterer(X: ArrayLike, k: int, seed: int, clusterer: str = "kmeans", gmm_covariance: str = "full"):
+    """One fitted scikit-learn clusterer with ``k`` clusters and random state ``seed``."""
+    if clusterer == "kmeans":
+        return KMeans(n_clusters=k, random_state=seed, n_init=1).fit(X)
+    if clusterer == "gmm":
+        # reg_covar above sklearn's 1e-6: full covariances of 512-d features are otherwise singular
+        return GaussianMixture(n_components=k, covariance_type=gmm_covariance, random_state=seed, n_init=1,
+                               init_params="k-means++", reg_covar=1e-4).fit(X)
+    raise ValueError(f"clusterer: unknown {clusterer!r}; use one of {', '.join(CLUSTERERS)}")
 
 
 def fit_clusters(X: ArrayLike, k: int, seed: int, clusterer: str = "kmeans",
                  gmm_covariance: str = "full") -> NDArray[np.int32]:
     """Labels [n] of one fit of ``clusterer`` with ``k`` clusters and random state ``seed``."""
+    return fit_clusterer(X, k, seed, clusterer, gmm_covariance).predict(X).astype(np.int32)
+
+
+def fit_seeds(X: ArrayLike, k: int, seeds: int, clusterer: str = "kmeans",
+              gmm_covariance: str = "full") -> tuple[FittedClusters, NDArray[np.int32]]:
+    """Fits of seeds 0 .. ``seeds``-1: the models, and their labels [seeds, n] of ``X``."""
+    fits = [fit_clusterer(X, k, seed, clusterer, gmm_covariance) for seed in range(seeds)]
+    labels = np.vstack([fit.predict(X) for fit in fits]).astype(np.int32)
     if clusterer == "kmeans":
-        labels = KMeans(n_clusters=k, random_state=seed, n_init=1).fit_predict(X)
-    elif clusterer == "gmm":
-        # reg_covar above sklearn's 1e-6: full covariances of 512-d features are otherwise singular
-        mixture = GaussianMixture(n_components=k, covariance_type=gmm_covariance, random_state=seed, n_init=1,
-                                  init_params="k-means++", reg_covar=1e-4)
-        labels = mixture.fit_predict(X)
-    else:
-        raise ValueError(f"clusterer: unknown {clusterer!r}; use one of {', '.join(CLUSTERERS)}")
-    return labels.astype(np.int32)
+        return FittedClusters(clusterer, np.stack([fit.cluster_centers_ for fit in fits]).astype(np.float32)), labels
+    mixture = {"weights": np.stack([fit.weights_ for fit in fits]),
+               "precisions_cholesky": np.stack([fit.precisions_cholesky_ for fit in fits])}
+    return FittedClusters(clusterer, np.stack([fit.means_ for fit in fits]).astype(np.float32), mixture,
+                          gmm_covariance), labels
 
 
 def within_cluster_sum_of_squares(X: ArrayLike, labels: ArrayLike) -> float:

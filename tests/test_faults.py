@@ -218,21 +218,21 @@ def test_interrupted_sweep_reruns_only_the_missing_k(tmp_path, ray_address, caps
         process = subprocess.Popen([sys.executable, "-m", "jobs.stability", *arguments], cwd=REPO,
                                    env=job_env(ray_address), stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: list(out.glob("per_k/k=*/result.json")), 300, "the first finished k", process)
+            wait_for(lambda: list(out.glob("per_k/k=*/fit.json")), 300, "the first fitted k", process)
             kill_and_reap(process)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    finished = settled(lambda: {int(p.parent.name[2:]): p.stat().st_mtime_ns for p in out.glob("per_k/k=*/result.json")})
+    finished = settled(lambda: {int(p.parent.name[2:]): p.stat().st_mtime_ns for p in out.glob("per_k/k=*/fit.json")})
     assert 0 < len(finished) < 6, finished
     assert not (out / "summary.csv").exists()
 
     capsys.readouterr()
     stability_job.main(arguments)  # the same command again, in this process (its Ray is up)
     assert f"computed {6 - len(finished)} k, reused {len(finished)}" in capsys.readouterr().out
-    for k, mtime in finished.items():  # the finished k were read back, not recomputed
-        assert (out / "per_k" / f"k={k:02d}" / "result.json").stat().st_mtime_ns == mtime
+    for k, mtime in finished.items():  # the fitted k were read back, not refitted
+        assert (out / "per_k" / f"k={k:02d}" / "fit.json").stat().st_mtime_ns == mtime
     assert sorted(p.name for p in (out / "per_k").iterdir()) == [f"k={k:02d}" for k in range(2, 8)]  # no partial k
     assert pd.read_csv(out / "summary.csv")["k"].tolist() == list(range(2, 8))
 

@@ -48,18 +48,22 @@ def test_a_single_k_has_no_runner_up():
 
 
 def test_cluster_findings_known_answer():
-    labels = np.array([0, 0, 0, 1, 1, 2])
-    classes = np.array([1, 1, 0, 2, 2, -1])
-    found = cluster_findings(labels, [0.9, 0.7, np.nan], [0.01, 0.02, np.nan], classes, ["a", "b", "c"])
+    # clusters 0, 1, 2 of sizes 3, 2, 1 (and an empty cluster 3); class x cluster counts, the
+    # point of cluster 2 unlabelled
+    sizes = np.array([3, 2, 1, 0])
+    class_counts = np.array([[1, 0, 0, 0], [2, 0, 0, 0], [0, 2, 0, 0]])
+    found = cluster_findings(sizes, [0.9, 0.7, np.nan, 0.5], [0.01, 0.02, np.nan, 0.1], class_counts,
+                             ["a", "b", "c"])
+    assert len(found) == 3  # the empty cluster is not a finding
     assert found[0] == {"cluster": 0, "size": 3, "jaccard": 0.9, "jaccard_se": 0.01, "verdict": "highly stable",
                         "dominant_class": "b", "purity": 0.6667, "labelled": 3}
     assert (found[1]["verdict"], found[1]["dominant_class"], found[1]["purity"]) == ("doubtful", "c", 1.0)
     assert found[2]["jaccard"] is None and found[2]["verdict"] is None and found[2]["dominant_class"] is None
-    assert "dominant_class" not in cluster_findings(labels, [0.9] * 3, [0.0] * 3)[0]
+    assert "dominant_class" not in cluster_findings(sizes, [0.9] * 4, [0.0] * 4)[0]
 
 
 def test_dominant_class_without_names_uses_the_number():
-    assert dominant_class(np.array([3, 3]), [])["dominant_class"] == "3"
+    assert dominant_class(np.array([0, 0, 0, 2]), [])["dominant_class"] == "3"
 
 
 def test_natural_sort_puts_s2_before_s10():

@@ -77,7 +77,8 @@ def test_a_new_k_is_added_to_the_sweep_and_the_k_computed_before_are_kept(pipeli
     config.stability = StabilityConfig(k="2-5", seeds=3, resamples=3)
     run_pipeline(config, run_dir)
     assert {path: path.stat().st_mtime_ns for path in per_k} == per_k
-    assert (run_dir / "stability" / "per_k" / "k=05" / "labels.npy").exists()
+    assert (run_dir / "stability" / "per_k" / "k=05" / "result.json").exists()
+    assert (run_dir / "stability" / "assignments" / "k05").is_dir()
     stages = json.loads((run_dir / "stages.json").read_text())
     assert "computed 1 k, reused 3" in stages["stability"]["summary"]
 

@@ -22,7 +22,8 @@ from pipelines.feature_table import read_features
 from pipelines.pipeline import PipelineConfig
 from pipelines.report import build_report, class_counts, cluster_prototypes
 from pipelines.rundir import read_labels, stage_dir
-from pipelines.sweep_scores import evaluate_k, load_sweep_data
+from pipelines.sweep_scores import fit_k, load_sweep_data
+from pipelines.transforms import FittedTransform
 
 GROUPS, PEOPLE, PER_PERSON, NEAREST = 4, 12, 10, 3
 REPORT_SECTIONS = ["Findings: k = 4", "Cluster stability in detail", "Class re-clustering", "Data",
@@ -60,12 +61,12 @@ def write_embeddings(folder) -> None:
 def write_sweep(run_dir, config: StabilityConfig) -> None:
     """The stability stage's files, computed in this process (the Tune path is tested elsewhere)."""
     data = load_sweep_data(stage_dir(run_dir, "extract"))
-    out = stage_dir(run_dir, "stability")
+    plan = stability.plan_sweep(data, config, stage_dir(run_dir, "stability"))
     with threadpool_limits(1):
-        results = [evaluate_k(data.X, k, config, data.classes) for k in config.k_values]
-    for result in results:
-        stability.save_k_result(out, result, stability.result_identity(data, config))
-    stability.write_outputs(out, data, config, results)
+        fits = {k: fit_k(data.X, k, config) for k in config.k_values}
+    stability.assign_rows(plan, FittedTransform(), data.X, fits)  # in memory: the sample is the whole table
+    results = [stability.load_k_result(plan.out, k) for k in config.k_values]
+    stability.write_outputs(plan.out, data, config, results)
 
 
 @pytest.fixture(scope="module")

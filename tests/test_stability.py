@@ -17,6 +17,7 @@ from jobs import stability as stability_job
 from pipelines import stability, sweep_scores
 from pipelines.config import StabilityConfig
 from pipelines.errors import OutputExistsError
+from pipelines.feature_table import read_features
 from pipelines.rundir import read_labels, read_manifest
 
 PLANTED_K = 4
@@ -84,9 +85,9 @@ def test_the_sequential_loop_does_what_the_tune_trials_do(blobs, blob_sweep):
     # One thread, as each trial on 2 CPUs: OpenMP's partial sums on 2 threads round differently.
     with threadpool_limits(1):
         sequential = sweep_scores.sweep_sequential(blobs.X, config, blobs.classes)
-    tuned = saved_labels(blob_sweep.out)
+    sizes = pd.read_csv(blob_sweep.out / "clusters.csv").groupby("k")["size"].apply(list)
     for k, result in sequential.items():
-        np.testing.assert_array_equal(result.labels, tuned[f"k={k:02d}"])
+        assert [size for size in result.sizes if size] == sizes[k]
     rows = pd.DataFrame([sweep_scores.summary_row(result) for result in sequential.values()])
     pd.testing.assert_frame_equal(rows.drop(columns="seconds"), blob_sweep.summary.drop(columns="seconds"))
 
@@ -106,8 +107,8 @@ def test_a_transform_is_fitted_once_and_the_sweep_compares_with_other_runs(blobs
                                                                          monkeypatch):
     _, resumed, _ = resumed_sweep
     fits = []
-    apply_transform = sweep_scores.apply_transform
-    monkeypatch.setattr(sweep_scores, "apply_transform", lambda *a, **kw: fits.append(a[1]) or apply_transform(*a, **kw))
+    fit_transform = sweep_scores.fit_transform
+    monkeypatch.setattr(sweep_scores, "fit_transform", lambda *a, **kw: fits.append(a[1]) or fit_transform(*a, **kw))
     options = {**SMALL, "transform": "standardize,pca", "pca_components": 3, "clusterer": "gmm",
                "compare_runs": str(resumed.out)}
     out = tmp_path / "st"
@@ -117,7 +118,10 @@ def test_a_transform_is_fitted_once_and_the_sweep_compares_with_other_runs(blobs
     assert np.load(out / "transformed.npy").shape == (len(blobs.X), 3)
     with threadpool_limits(1):
         sequential = sweep_scores.sweep_sequential(blobs.X, StabilityConfig(k="4", **options), blobs.classes)
-    np.testing.assert_array_equal(sequential[4].labels, saved_labels(out)["k=04"])
+    swept = pd.read_csv(out / "summary.csv").set_index("k").loc[4]
+    expected = sweep_scores.summary_row(sequential[4])
+    assert [swept[name] for name in ("ari_mean", "acc_mean", "inertia_mean")] == pytest.approx(
+        [expected[name] for name in ("ari_mean", "acc_mean", "inertia_mean")])
     # Both sweeps recover the planted blobs at k=4: their partitions agree, point by point.
     representation = pd.read_csv(out / "representation.csv").set_index("k")
     assert list(representation.index) == [2, 3, 4]
@@ -130,12 +134,32 @@ def test_a_transform_is_fitted_once_and_the_sweep_compares_with_other_runs(blobs
 # --- the jobs on the real tiny feature table ---------------------------------------------------
 
 
+TINY_SAMPLE = 600  # of the tiny table's 1,000 rows: the fits see a sample, the Ray Data pass every row
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(ray_session, tiny_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "stability"
     stability_job.main(["--features", str(tiny_features), "--out", str(out), "--k", "2-4", "--seeds", "3",
-                        "--resamples", "2", "--silhouette-sample", "300"])
+                        "--resamples", "2", "--silhouette-sample", "300", "--sample-size", str(TINY_SAMPLE)])
     return out
+
+
+def test_a_sampled_sweep_fits_on_its_sample_and_assigns_every_row(tiny_sweep, tiny_features):
+    manifest = read_manifest(tiny_sweep)
+    assert manifest["n_points"] == 1000 and 500 < manifest["sample_rows"] < 700  # a hash filter, not an exact count
+    sample = sweep_scores.load_sweep_data(tiny_features, TINY_SAMPLE)
+    assert len(sample.X) == manifest["sample_rows"] and sample.fingerprint == manifest["fingerprint"]
+    features, table = read_features(tiny_features), pd.read_parquet(tiny_sweep / "assignments")
+    for _, rows in table.groupby("k"):  # every row once per k
+        np.testing.assert_array_equal(np.sort(rows["id"]), features.ids)
+    # The scores over every row of the sampled fits are those of fits on every row, within noise.
+    with threadpool_limits(1):
+        whole = sweep_scores.sweep_sequential(features.X, StabilityConfig(k="2-4", seeds=3, resamples=0),
+                                              features.labels)
+    swept = pd.read_csv(tiny_sweep / "summary.csv").set_index("k")
+    for k, result in whole.items():
+        assert swept.loc[k, "acc_mean"] == pytest.approx(np.mean([run["acc"] for run in result.runs]), abs=0.06)
 
 
 def test_the_stability_job_writes_every_output(tiny_sweep):
@@ -228,15 +252,14 @@ def test_the_sweep_writes_its_findings_with_the_planted_k(blob_sweep):
 
 
 def test_the_assignments_are_readable_with_plain_pandas(blob_sweep, blobs):
-    table = pd.read_parquet(blob_sweep.out / "assignments.parquet")
-    assert list(table.columns) == ["id", "path", "k", "cluster"] and len(table) == 4 * len(blobs.ids)
-    assert table["path"].isna().all()  # arrays have no files
+    table = pd.read_parquet(blob_sweep.out / "assignments")
+    assert list(table.columns) == ["id", "path", "k", "cluster", "seed_clusters"]
+    assert len(table) == 4 * len(blobs.ids) and table["path"].isna().all()  # arrays have no files
     labels = saved_labels(blob_sweep.out)
-    for k, rows in table.groupby("k"):
+    for k, rows in table.sort_values("id").groupby("k"):
+        np.testing.assert_array_equal(rows["id"], blobs.ids)
         np.testing.assert_array_equal(rows["cluster"], labels[f"k={k:02d}"][0])
-        np.testing.assert_array_equal(rows["id"], labels["ids"])
-    pd.testing.assert_frame_equal(pd.read_csv(blob_sweep.out / "assignments.csv"),
-                                  table.astype({"path": object}).replace({pd.NA: np.nan}), check_dtype=False)
+        np.testing.assert_array_equal(np.vstack(rows["seed_clusters"]).T, labels[f"k={k:02d}"])
 
 
 def test_the_heatmap_is_drawn_at_the_number_of_classes_or_the_configured_k(blob_sweep):
@@ -263,7 +286,7 @@ def test_the_stability_job_runs_on_any_embedding_table_with_paths(ray_session, t
     findings = json.loads((out / "findings.json").read_text())
     assert findings["recommended_k"] == 3 and findings["labels"] is False
     assert "dominant_class" not in findings["per_k"][0]["clusters"][0]
-    table = pd.read_csv(out / "assignments.csv")
+    table = pd.read_parquet(out / "assignments").sort_values("id")
     assert table.query("k == 3")["path"].tolist() == paths and table["id"].max() == 1490
 
 
@@ -271,10 +294,11 @@ def test_attributes_come_from_a_csv_by_id_and_from_a_path_pattern(tmp_path):
     data = sweep_scores.sweep_data(np.zeros((3, 2)), ids=[5, 6, 7], paths=["a/s1/1.png", "a/s10/2.png", None])
     (tmp_path / "by_id.csv").write_text("id,liked\n6,yes\n5,no\n99,yes\n")
     config = StabilityConfig(k="2", attributes=str(tmp_path / "by_id.csv"), attribute_pattern=r"/s(?P<person>\d+)/")
-    assert stability.load_attributes(config, data) == {"person": ["1", "10", None], "liked": ["no", "yes", None]}
+    assert stability.load_attributes(config, data.ids, data.paths) == {"person": ["1", "10", None],
+                                                                     "liked": ["no", "yes", None]}
     (tmp_path / "by_path.csv").write_text("path,liked\na/s10/2.png,yes\n")
     assert stability.load_attributes(StabilityConfig(k="2", attributes=str(tmp_path / "by_path.csv")),
-                                     data) == {"liked": [None, "yes", None]}
+                                     data.ids, data.paths) == {"liked": [None, "yes", None]}
 
 
 @pytest.mark.parametrize(("csv", "message"), [
@@ -289,7 +313,7 @@ def test_a_bad_attributes_file_is_refused_before_the_sweep(tmp_path, csv, messag
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         stability.plan_sweep(data, config, tmp_path / "st")
     with pytest.raises(ValueError, match="needs a feature table with a path column"):
-        stability.load_attributes(StabilityConfig(k="2", attribute_pattern="(?P<a>x)"), data)
+        stability.load_attributes(StabilityConfig(k="2", attribute_pattern="(?P<a>x)"), data.ids, data.paths)
     with pytest.raises(ValueError, match="no named group"):
         StabilityConfig(attribute_pattern="s[0-9]+")
 
@@ -306,7 +330,7 @@ def test_the_pipeline_draws_the_class_heatmap_at_its_reclustering_k(monkeypatch,
             return "swept"
 
     monkeypatch.setattr(stability, "run_stability", lambda data, config, out: swept.append(config) or Outcome())
-    monkeypatch.setattr(sweep_scores, "load_sweep_data", lambda path: None)
+    monkeypatch.setattr(sweep_scores, "load_sweep_data", lambda path, sample_size: None)
     for recluster_k, configured, drawn in ((10, None, 10), (4, 6, 6)):  # a configured heatmap_k stays
         config = pipeline.PipelineConfig(stability=StabilityConfig(k="2-10", heatmap_k=configured),
                                          recluster=ReclusterConfig(k=recluster_k))
@@ -323,15 +347,16 @@ def test_the_class_heatmap_lists_the_classes_in_natural_order(monkeypatch, tmp_p
     drawn = {}
     monkeypatch.setattr(plots, "heatmap", lambda values, rows, *args, **kwargs: drawn.setdefault("rows", rows))
     with threadpool_limits(1):
-        stability.write_outputs(tmp_path, data, config, [sweep_scores.evaluate_k(data.X, 3, config, data.classes)])
+        result = sweep_scores.sweep_sequential(data.X, config, data.classes)[3]
+    stability.write_outputs(tmp_path, data, config, [result])
     assert drawn["rows"] == ["s1", "s2", "s10"]
 
 
 def test_a_k_above_the_distinct_points_of_a_bootstrap_is_refused_before_the_sweep():
     """clusterboot refits on the distinct drawn points (about 63% of them): 64 rows leave 39 for k = 40."""
     with pytest.raises(ValueError, match=r"k=40 is more than the 39 distinct points of a bootstrap resample"):
-        stability.check_k_fits(StabilityConfig(k="2-40", resamples=3), 64)
-    stability.check_k_fits(StabilityConfig(k="2-40", resamples=3, bootstrap="duplicates"), 64)
+        stability.check_k_fits(StabilityConfig(k="2-40", resamples=3), 64, 64)
+    stability.check_k_fits(StabilityConfig(k="2-40", resamples=3, bootstrap="duplicates"), 64, 64)
 
 
 def test_the_recluster_stage_names_class_groups_in_natural_order():

@@ -12,11 +12,19 @@ from pipelines.measures import adjusted_rand_index, cross_model_agreement
 from pipelines.transforms import (
     apply_transform,
     fit_clusters,
+    fit_seeds,
+    fit_transform,
     l2_normalize,
-    pca,
-    standardize,
     within_cluster_sum_of_squares,
 )
+
+
+def standardize(X):
+    return apply_transform(X, ["standardize"])
+
+
+def pca(X, n_components, whiten, seed):
+    return apply_transform(X, ["pca-whiten" if whiten else "pca"], pca_components=n_components, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +125,26 @@ def test_k_takes_ranges_lists_and_both():
     for bad in ("", "2-", "two", "5-3"):
         with pytest.raises(ValueError, match="k "):
             parse_k(bad)
+
+
+@pytest.mark.parametrize("steps", [["standardize"], ["l2"], ["pca"], ["standardize", "pca-whiten"], ["l2", "umap"]])
+def test_a_fitted_transform_applies_to_new_rows_as_to_the_rows_it_was_fitted_on(blobs, steps):
+    # The sweep fits on a sample and applies the chain to every row in the assignment pass.
+    X, _ = blobs
+    fitted, points = fit_transform(X[:200], steps, pca_components=3, umap_components=2, umap_neighbors=15)
+    again = fitted.apply(X)
+    assert again.shape == (300, points.shape[1]) and again.dtype == np.float32
+    if "umap" in steps:  # UMAP's transform places points near, not at, their fitted embedding
+        assert adjusted_rand_index(fit_clusters(points, 3, 0), fit_clusters(again[:200], 3, 0)) == 1.0
+    else:
+        np.testing.assert_allclose(again[:200], points, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("clusterer", ["kmeans", "gmm"])
+def test_fitted_clusters_predict_the_labels_of_their_fit(blobs, clusterer):
+    X, _ = blobs
+    models, labels = fit_seeds(X, 3, seeds=2, clusterer=clusterer, gmm_covariance="diag")
+    assert models.centers.shape == (2, 3, 8) and labels.shape == (2, 300)
+    for seed in range(2):
+        np.testing.assert_array_equal(models.predict(seed, X), labels[seed])
+        np.testing.assert_array_equal(labels[seed], fit_clusters(X, 3, seed, clusterer, "diag"))
