@@ -156,11 +156,8 @@ def autoscaling_cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    """ray.cluster_utils.Cluster: a head and one worker node of 1 CPU each, no autoscaler."""
-    from ray.cluster_utils import Cluster
-
+def start_two_nodes(Cluster):
+    """A head and one worker node of 1 CPU each, and their temp dir."""
     for attempt in range(START_ATTEMPTS):
         temp_dir = tempfile.mkdtemp(prefix="featurelens-two-nodes-")
         cluster = None
@@ -169,7 +166,7 @@ def two_nodes():
                                                                     "temp_dir": temp_dir})
             cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
-            break
+            return cluster, temp_dir
         except Exception:  # noqa: BLE001 - a node that did not come up: start again
             if cluster is not None:
                 cluster.shutdown()
@@ -177,6 +174,24 @@ def two_nodes():
             if attempt == START_ATTEMPTS - 1:
                 raise  # its temp dir kept: the Ray logs say why
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """ray.cluster_utils.Cluster: a head and one worker node of 1 CPU each, no autoscaler."""
+    from ray._private.utils import get_ray_address_file
+    from ray.cluster_utils import Cluster
+
+    # Cluster records its head as the machine's "current" Ray (for address="auto"): put back what was there.
+    address_file = Path(get_ray_address_file(None))
+    recorded = address_file.read_text() if address_file.exists() else None
+    try:
+        cluster, temp_dir = start_two_nodes(Cluster)
+    finally:
+        if recorded is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(recorded)
     try:
         yield cluster
     finally:
