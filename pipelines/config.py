@@ -248,6 +248,9 @@ class StabilityConfig:
         "CPUs each Tune trial (one k, all its seeds and resamples) holds; its fits use as many threads. "
         "Default: the cluster's CPUs shared out over the k to compute, at least 1",
     )
+    resource_timeout: float = opt(
+        600.0, "seconds to wait for the autoscaler to add the nodes cpus_per_trial needs when the cluster is "
+        "too small now; a cluster without an autoscaler refuses at once")
     heatmap_k: int | None = opt(
         None,
         "k whose class x cluster counts (seed 0) are drawn as a heatmap; default: the number of classes "
@@ -297,6 +300,8 @@ class StabilityConfig:
             raise ValueError(f"subsample_fraction must be in (0, 1), got {self.subsample_fraction}")
         if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.resource_timeout < 0:
+            raise ValueError(f"resource_timeout must be >= 0, got {self.resource_timeout}")
         if self.heatmap_k is not None and self.heatmap_k not in ks:
             raise ValueError(f"heatmap_k={self.heatmap_k} is not among the k swept ({self.k})")
         parse_transform(self.transform)

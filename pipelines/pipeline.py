@@ -197,6 +197,10 @@ RESUMABLE = {"train": {"train.epochs"},
                            "stability.attribute_pattern"}}
 
 
+# How long to wait for an autoscaler decides when the work runs, never what it computes.
+NEVER_STALE = {"train.resource_timeout", "extract.resource_timeout", "stability.resource_timeout"}
+
+
 def changed_options(run_dir: Path, config: PipelineConfig) -> dict[str, tuple]:
     """{"section.option": (saved value, new value)} against the config the run directory was made with."""
     saved_file = run_dir / CONFIG_FILE
@@ -205,7 +209,7 @@ def changed_options(run_dir: Path, config: PipelineConfig) -> dict[str, tuple]:
     saved, current = PipelineConfig.from_dict(load_config_file(saved_file)).to_dict(), config.to_dict()
     return {f"{section}.{name}": (saved[section][name], value)
             for section, options in current.items() for name, value in options.items()
-            if saved[section][name] != value}
+            if saved[section][name] != value and f"{section}.{name}" not in NEVER_STALE}
 
 
 def stages_to_run(run_dir: Path, config: PipelineConfig, from_stage: str | None, changed: dict) -> list[str]:

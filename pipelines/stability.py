@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from pipelines.assignment import PassStats, assign_batch, assign_points
 from pipelines.config import StabilityConfig, natural_key, parse_transform
-from pipelines.errors import OutputExistsError
+from pipelines.errors import OutputExistsError, ResourceError
 from pipelines.feature_table import feature_batches, feature_matrix, parquet_files, table_metadata_of
 from pipelines.findings import (
     STABLE_JACCARD,
@@ -292,10 +292,13 @@ def run_sweep(plan: SweepPlan) -> SweepOutcome:
         log.info("stability: %d of %d k already in %s (k=%s); computing %s", len(plan.done),
                  len(plan.config.k_values), plan.out, ",".join(map(str, plan.done)), plan.todo or "none")
     if plan.todo:
+        from pipelines.runtime import releasing_resources
+
         transform, points = transformed_points(plan)
-        if plan.to_fit:
-            run_trials(plan, points)
-        assign_rows(plan, transform, points, {k: load_fit(plan.out, k) for k in plan.todo})
+        with releasing_resources():  # what the trials asked the autoscaler for, withdrawn after the pass
+            if plan.to_fit:
+                run_trials(plan, points)
+            assign_rows(plan, transform, points, {k: load_fit(plan.out, k) for k in plan.todo})
     results = [load_k_result(plan.out, k) for k in plan.config.k_values]
     summary, findings = write_outputs(plan.out, plan.data, plan.config, results)
     reused = [k for k in plan.config.k_values if k not in plan.to_fit]  # their fits, or their results too
@@ -321,9 +324,11 @@ def tune_trial(trial: dict, *, X: np.ndarray, config: StabilityConfig, out: str,
 def run_trials(plan: SweepPlan, points: NDArray[np.float32]) -> None:
     from ray import tune
 
-    from pipelines.runtime import cluster_cpus
+    from pipelines.runtime import bundles, fit_or_grow
 
-    cpus = trial_cpus(plan.config.cpus_per_trial, cluster_cpus(), len(plan.to_fit))
+    # A trial larger than the cluster waits for its autoscaler (the request stands until the sweep ends).
+    cpus = fit_or_grow(lambda cluster_cpus, _: trial_cpus(plan.config.cpus_per_trial, cluster_cpus, len(plan.to_fit)),
+                       bundles(len(plan.to_fit), plan.config.cpus_per_trial or 1.0), plan.config.resource_timeout)
     trainable = tune.with_parameters(
         tune_trial, X=points, config=plan.config, out=str(plan.out),
         identity=result_identity(plan.data, plan.config), threads=max(1, int(cpus)))
@@ -484,7 +489,7 @@ def trial_cpus(requested: float | None, available: float, n_trials: int) -> floa
     """The CPUs of one trial: as asked, else the cluster's shared out over the trials (at least 1)."""
     if requested is not None:
         if requested > available:
-            raise ValueError(f"cpus_per_trial={requested} is more than the cluster's {available:g} CPUs")
+            raise ResourceError(f"cpus_per_trial={requested} is more than the cluster's {available:g} CPUs")
         return requested
     return float(max(1, int(available // n_trials)))
 
