@@ -53,6 +53,7 @@ class KStats:
     sums: NDArray[np.float64]  # [seeds, k, d] their sum, and below their sum of squared norms
     squares: NDArray[np.float64]  # [seeds, k]
     class_counts: NDArray[np.int64]  # [seeds, classes, k], points of known class
+    raw_sums: NDArray[np.float64]  # [k, raw d] seed 0: the sum of the table's own features (not transformed)
     pair_counts: NDArray[np.int64]  # [seed pairs, k, k]
     nearest_distance: NDArray[np.float64]  # [k, m] seed 0: the m points nearest each centre
     nearest_id: NDArray[np.int64]  # [k, m], -1 where a cluster has fewer than m points
@@ -62,7 +63,8 @@ class KStats:
         ids = np.concatenate([self.nearest_id, other.nearest_id], axis=1)
         keep = np.argsort(distance, axis=1, kind="stable")[:, :self.nearest_id.shape[1]]
         return KStats(self.counts + other.counts, self.sums + other.sums, self.squares + other.squares,
-                      self.class_counts + other.class_counts, self.pair_counts + other.pair_counts,
+                      self.class_counts + other.class_counts, self.raw_sums + other.raw_sums,
+                      self.pair_counts + other.pair_counts,
                       np.take_along_axis(distance, keep, 1), np.take_along_axis(ids, keep, 1))
 
     def within_cluster_sum_of_squares(self) -> NDArray[np.float64]:
@@ -93,8 +95,8 @@ def count_pairs(a: np.ndarray, b: np.ndarray, k_a: int, k_b: int) -> NDArray[np.
     return np.bincount(a.astype(np.int64) * k_b + b, minlength=k_a * k_b).reshape(k_a, k_b)
 
 
-def k_stats(points: np.ndarray, labels: np.ndarray, distance: np.ndarray, ids: np.ndarray, classes: np.ndarray,
-            n_classes: int, k: int, nearest: int) -> KStats:
+def k_stats(points: np.ndarray, raw: np.ndarray, labels: np.ndarray, distance: np.ndarray, ids: np.ndarray,
+            classes: np.ndarray, n_classes: int, k: int, nearest: int) -> KStats:
     """The sums of one batch for one k: ``labels`` [seeds, b], ``distance`` [b] of seed 0."""
     points64 = points.astype(np.float64)
     norms = (points64 ** 2).sum(axis=1)
@@ -114,7 +116,10 @@ def k_stats(points: np.ndarray, labels: np.ndarray, distance: np.ndarray, ids: n
         members = np.flatnonzero(labels[0] == cluster)
         chosen = members[np.argsort(distance[members], kind="stable")[:nearest]]
         nearest_distance[cluster, :len(chosen)], nearest_id[cluster, :len(chosen)] = distance[chosen], ids[chosen]
-    return KStats(np.stack(counts), np.stack(sums), np.stack(squares), class_counts,
+    onehot[:] = 0
+    onehot[np.arange(len(points)), labels[0]] = 1
+    raw_sums = sums[0] if raw is points else onehot.T @ raw.astype(np.float64)
+    return KStats(np.stack(counts), np.stack(sums), np.stack(squares), class_counts, raw_sums,
                   np.stack(pairs) if pairs else np.zeros((0, k, k), dtype=np.int64), nearest_distance, nearest_id)
 
 
@@ -130,7 +135,7 @@ def assign_batch(points: np.ndarray, raw: np.ndarray, ids: np.ndarray, classes: 
         labels[k] = np.vstack([seed0] + [fitted.predict(seed, points) for seed in range(1, fitted.seeds)])
         if distance is None:  # a mixture's prototypes: the points nearest its component's mean
             distance = ((points - fitted.centers[0][seed0]) ** 2).sum(axis=1).astype(np.float64)
-        per_k[k] = k_stats(points, labels[k], distance, ids, classes, n_classes, k, nearest)
+        per_k[k] = k_stats(points, raw, labels[k], distance, ids, classes, n_classes, k, nearest)
     known = classes >= 0
     class_onehot = np.zeros((len(points), n_classes))
     class_onehot[np.flatnonzero(known), classes[known]] = 1

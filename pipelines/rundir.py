@@ -10,7 +10,8 @@ and each folder's marker file, written last, says the stage finished.
     RUN/train/                      model.pt, metrics.jsonl, loss_curve.png, reconstructions.png,
                                     checkpoint_*/state.pt (Ray Train's), skipped_images.csv
     RUN/features/                   the Parquet feature table (``pipelines.feature_table``)
-    RUN/stability/                  per_k/k=05/{fit.json,models.npz,result.json,class_counts.npy},
+    RUN/stability/                  per_k/k=05/{fit.json,models.npz,result.json,class_counts.npy,
+                                    centroids.npy},
                                     assignments/k05/*.parquet (id, path, k, cluster, seed_clusters),
                                     sweep.json, runs.csv, clusters.csv, findings.json (the
                                     recommended k, every cluster), class_means.npy, contingency/,
@@ -40,6 +41,7 @@ SKIPPED_IMAGES_FILE = "skipped_images.csv"
 # stability/
 PER_K, MANIFEST, TRANSFORMED = "per_k", "sweep.json", "transformed.npy"
 FIT_FILE, MODELS_FILE, RESULT_FILE, CLASS_COUNTS_FILE = "fit.json", "models.npz", "result.json", "class_counts.npy"
+CENTROIDS_FILE = "centroids.npy"
 SUMMARY_FILE, CLUSTERS_FILE, RUNS_FILE = "summary.csv", "clusters.csv", "runs.csv"
 REPRESENTATION_FILE, CLASS_MEANS_FILE = "representation.csv", "class_means.npy"
 FINDINGS_FILE, ASSIGNMENTS = "findings.json", "assignments"
@@ -112,3 +114,11 @@ def read_labels(stability: str | Path, k: int) -> tuple[np.ndarray, np.ndarray]:
     seeds = table.schema.field("seed_clusters").type.list_size
     labels = table["seed_clusters"].combine_chunks().flatten().to_numpy().reshape(-1, seeds).T
     return table["id"].to_numpy(), np.ascontiguousarray(labels, dtype=np.int32)
+
+
+def read_prototypes(stability: str | Path, k: int) -> tuple[list[list[int]], np.ndarray]:
+    """Per cluster of seed 0 of ``k``: the ids nearest its centre (nearest first), and the
+    clusters' mean feature vectors [k, d], as the sweep's assignment pass found them."""
+    folder = k_dir(stability, k)
+    result = json.loads((folder / RESULT_FILE).read_text())["result"]
+    return result["prototypes"], np.load(folder / CENTROIDS_FILE)

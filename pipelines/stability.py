@@ -21,7 +21,9 @@ Output folder (paths and readers in ``pipelines.rundir``)::
 
     OUT/per_k/k=05/             one k: fit.json and models.npz (the trial's fits, which a rerun
                                 reuses), then result.json (its scores over every row, the table's
-                                fingerprint and the settings) and class_counts.npy [seeds, classes, k];
+                                fingerprint and the settings, and per cluster of seed 0 the ids
+                                nearest its centre), class_counts.npy [seeds, classes, k] and
+                                centroids.npy [k, d] (seed 0's cluster means of the table's features);
                                 a rerun computes only the k missing here, and refuses results of
                                 another table or settings
     OUT/assignments/k05/        every row's cluster at k=5, Parquet: id, path, k, cluster (seed 0),
@@ -73,6 +75,7 @@ from pipelines.findings import (
 )
 from pipelines.measures import bootstrap_indices, cross_model_agreement
 from pipelines.rundir import (
+    CENTROIDS_FILE,
     CLASS_COUNTS_FILE,
     CLASS_MEANS_FILE,
     CLUSTERS_FILE,
@@ -198,6 +201,7 @@ def save_k_result(out: Path, result: KResult, identity: dict) -> None:
     folder = k_dir(out, result.k)
     if result.class_counts is not None:
         save_npy(folder / CLASS_COUNTS_FILE, result.class_counts)
+    save_npy(folder / CENTROIDS_FILE, result.centroids)
     write_json_atomic(folder / RESULT_FILE, {"identity": identity, "result": result.scores()})
 
 
@@ -205,7 +209,7 @@ def load_k_result(out: Path, k: int) -> KResult:
     folder = k_dir(out, k)
     scores = json.loads((folder / RESULT_FILE).read_text())["result"]
     counts = np.load(folder / CLASS_COUNTS_FILE) if (folder / CLASS_COUNTS_FILE).is_file() else None
-    return KResult(**scores, class_counts=counts)
+    return KResult(**scores, class_counts=counts, centroids=np.load(folder / CENTROIDS_FILE))
 
 
 def recorded_ks(out: Path, identity: dict, file_name: str) -> list[int]:

@@ -149,9 +149,10 @@ class KResult:
     sizes: list[int]  # seed 0: points per cluster 0..k-1
     prototypes: list[list[int]]  # seed 0: per cluster the ids nearest its centre, nearest first
     class_counts: NDArray[np.int64] | None = field(default=None, repr=False)  # [seeds, classes, k]
+    centroids: NDArray[np.float64] | None = field(default=None, repr=False)  # [k, d] seed 0, the table's features
 
     def scores(self) -> dict:
-        return {name: value for name, value in asdict(self).items() if name != "class_counts"}
+        return {name: value for name, value in asdict(self).items() if name not in ("class_counts", "centroids")}
 
 
 def fit_k(X: np.ndarray, k: int, config: StabilityConfig) -> KFit:
@@ -174,8 +175,9 @@ def k_result(fit: KFit, stats: KStats, with_classes: bool, seconds: float = 0.0)
             for seed in range(len(inertia))]
     agreement = seed_agreement_from_tables(stats.pair_counts) if len(stats.pair_counts) else None
     prototypes = [[int(i) for i in row if i >= 0] for row in stats.nearest_id]
+    centroids = stats.raw_sums / np.maximum(stats.counts[0], 1)[:, None]
     return KResult(fit.k, runs, agreement, fit.bootstrap, fit.subsample, fit.seconds + seconds,
-                   stats.counts[0].tolist(), prototypes, stats.class_counts if with_classes else None)
+                   stats.counts[0].tolist(), prototypes, stats.class_counts if with_classes else None, centroids)
 
 
 def silhouette_indices(n_points: int, size: int) -> NDArray[np.int64]:
