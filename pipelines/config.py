@@ -344,6 +344,9 @@ class ReclusterConfig:
             raise ValueError(f"min_share must be in (0, 1], got {self.min_share}")
 
 
+NEAREST_KEPT = 16  # per cluster of seed 0, the ids nearest its centre that the sweep keeps for the report
+
+
 @dataclass
 class ReportConfig:
     """The run report."""
@@ -352,13 +355,14 @@ class ReportConfig:
         "auto", "k whose decoded cluster prototypes are shown: a list 2,10, or auto (the re-clustered k "
         "and the number of classes)"
     )
-    nearest: int = opt(8, "real images shown beside each decoded prototype")
+    nearest: int = opt(8, f"real images shown beside each decoded prototype (at most {NEAREST_KEPT})")
 
     def __post_init__(self) -> None:
         if self.prototype_k != "auto":
             parse_k(self.prototype_k)
-        if self.nearest < 1:
-            raise ValueError(f"nearest must be >= 1, got {self.nearest}")
+        if not 1 <= self.nearest <= NEAREST_KEPT:
+            raise ValueError(f"nearest must be in 1..{NEAREST_KEPT} (the sweep keeps the {NEAREST_KEPT} images "
+                             f"nearest each cluster's centre), got {self.nearest}")
 
 
 def natural_key(text: object) -> list:

@@ -157,6 +157,43 @@ def feature_table_in_memory(table: pa.Table, width: int, metadata: dict) -> Feat
                         recon_mse=writable_array(table["recon_mse"].fill_null(np.nan)), metadata=metadata)
 
 
+@dataclass
+class TableSummary:
+    """What a feature table is, without its features: read from the files' metadata and the
+    label columns only."""
+
+    rows: int
+    width: int
+    class_names: list[str]
+    class_sizes: np.ndarray  # int64 [classes]: rows per class
+    metadata: dict
+
+
+def summarize_features(path: str | Path) -> TableSummary:
+    files = parquet_files(Path(path))
+    metadata = table_metadata_of(files)
+    present = [name for name in ("label", "label_name") if name in pq.read_schema(files[0]).names]
+    labels = pa.concat_tables([pq.read_table(file, columns=present) for file in files]) if present else None
+    codes = (null_nan_labels(labels["label"]).fill_null(-1).to_numpy() if labels is not None and "label" in present
+             else np.full(sum(pq.ParquetFile(file).metadata.num_rows for file in files), -1))
+    names = metadata.get("class_names") or class_names_of(
+        codes, np.array(labels["label_name"].to_pylist() if "label_name" in present else [None] * len(codes),
+                        dtype=object))
+    sizes = np.bincount(codes[codes >= 0], minlength=len(names))
+    return TableSummary(len(codes), int(metadata.get("code_dim") or feature_width(files[0])), names, sizes, metadata)
+
+
+def read_rows(path: str | Path, ids: np.ndarray) -> FeatureTable:
+    """The rows of ``ids`` alone (a filter on the id column: memory of those rows only), sorted by id."""
+    files = parquet_files(Path(path))
+    metadata = table_metadata_of(files)
+    width = int(metadata.get("code_dim") or feature_width(files[0]))
+    wanted = pa.array(np.asarray(ids, dtype=np.int64))
+    kept = [table.filter(pc.is_in(table["id"], value_set=wanted))
+            for file in files for table in feature_batches(file, width, 65_536)]
+    return feature_table_in_memory(pa.concat_tables(kept), width, metadata)
+
+
 def table_metadata_of(files: list[Path]) -> dict:
     """The metadata every file of the table carries ({} for a table written elsewhere)."""
     found = [(pq.read_schema(file).metadata or {}).get(METADATA_KEY) for file in files]

@@ -3,7 +3,8 @@
 Findings first: the recommended k and why, how many of its clusters are real, and one card per
 cluster (what it looks like, how big, how stable, which class it holds); then the figures and
 tables behind them; the configuration and bookkeeping last, collapsed. It reads only what the
-stages left in the run directory, plus the images it shows, so it can be rebuilt at any time
+stages left in the run directory (never the whole feature matrix: the sweep kept each cluster's
+centroid and nearest ids), plus the images it shows, so it can be rebuilt at any time
 (``--from report``). Without a trained model (a table of someone else's embeddings) the cards
 show real images only."""
 
@@ -21,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines import plots
-from pipelines.feature_table import read_features
+from pipelines.assignment import in_sample
+from pipelines.feature_table import read_rows, summarize_features
 from pipelines.config import natural_key
 from pipelines.rundir import (
     FINDINGS_FILE,
@@ -35,7 +37,9 @@ from pipelines.rundir import (
     SUMMARY_FILE,
     TRANSFORMED,
     read_labels,
+    read_manifest,
     read_metrics,
+    read_prototypes,
     stage_dir,
 )
 from pipelines.storage import write_text_atomic
@@ -68,23 +72,6 @@ class Section:
 
 
 # --- cluster prototypes and images -----------------------------------------------------------------
-
-
-def cluster_prototypes(X: np.ndarray, labels: np.ndarray, nearest: int) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids [k, d], indices [k, nearest] of the points nearest each centroid).
-
-    A KMeans centroid is the mean of its cluster's points, so the centroids are recomputed from
-    the stored labels rather than stored twice; clusters are in label order; -1 pads a cluster
-    with fewer than ``nearest`` points."""
-    clusters = np.unique(labels)
-    centroids = np.stack([X[labels == c].mean(axis=0) for c in clusters])
-    padded = np.full((len(clusters), nearest), -1)
-    for row, (c, centroid) in enumerate(zip(clusters, centroids)):
-        members = np.flatnonzero(labels == c)
-        distances = np.linalg.norm(X[members] - centroid, axis=1)
-        closest = members[np.argsort(distances, kind="stable")[:nearest]]
-        padded[row, : len(closest)] = closest
-    return centroids, padded
 
 
 def decode(model, codes: np.ndarray) -> np.ndarray:
@@ -129,37 +116,40 @@ def as_float_image(image: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Shown:
-    """What the report draws from: the features, the findings, the partitions of the k whose
-    clusters are pictured, and their images (fetched once, by id: only the images shown are decoded)."""
+    """What the report draws from: the table's summary, the findings, per pictured k the ids
+    nearest each cluster's centre and the clusters' centroids, and the images shown (fetched once,
+    by id: only the images shown are decoded)."""
 
     run_dir: Path
     config: object
-    features: object
+    features: object  # pipelines.feature_table.TableSummary
     findings: dict
-    labels: dict[int, np.ndarray]  # k -> seed-0 labels
+    prototypes: dict[int, tuple[list[list[int]], np.ndarray]]  # k -> (ids per cluster, centroids [k, d])
     images: dict[int, np.ndarray] = field(default_factory=dict)  # id -> [C, H, W]
 
 
 def shown_inputs(run_dir: Path, config) -> Shown:
-    features = read_features(stage_dir(run_dir, "extract"))
+    features = summarize_features(stage_dir(run_dir, "extract"))
     findings = read_json(stage_dir(run_dir, "stability") / FINDINGS_FILE)
     ks = ([findings_k(findings, config)] if findings else []) + other_prototype_ks(run_dir, config, features)
-    labels = {k: read_labels(stage_dir(run_dir, "stability"), k)[1][0] for k in ks}
-    wanted = {int(features.ids[i]) for k_labels in labels.values()
-              for i in cluster_prototypes(features.X, k_labels, config.report.nearest)[1].ravel() if i >= 0}
-    return Shown(run_dir, config, features, findings, labels, shown_images(run_dir, config, wanted) if wanted else {})
+    prototypes = {k: read_prototypes(stage_dir(run_dir, "stability"), k) for k in ks}
+    wanted = {image_id for nearest, _ in prototypes.values() for ids in nearest for image_id in ids[:config.report.nearest]}
+    return Shown(run_dir, config, features, findings, prototypes,
+                 shown_images(run_dir, config, wanted) if wanted else {})
 
 
 def prototype_strips(shown: Shown, k: int, name: str) -> list[Path]:
-    """Per cluster of k a strip PNG: the decoded centroid (with a model) and the real images nearest it."""
-    features, images, out_dir = shown.features, shown.images, stage_dir(shown.run_dir, "report")
-    centroids, nearest = cluster_prototypes(features.X, shown.labels[k], shown.config.report.nearest)
-    rendered = decoded_centroids(shown.run_dir, centroids)
+    """Per cluster of k (with points) a strip PNG: the decoded centroid (with a model) and the real
+    images nearest its centre."""
+    images, out_dir = shown.images, stage_dir(shown.run_dir, "report")
+    nearest, centroids = shown.prototypes[k]
+    present = [cluster for cluster, ids in enumerate(nearest) if ids]
+    rendered = decoded_centroids(shown.run_dir, centroids[present])
     strips = []
-    for cluster, members in enumerate(nearest):
-        row = [images[int(features.ids[i])] for i in members if i >= 0]
+    for row_no, cluster in enumerate(present):
+        row = [images[image_id] for image_id in nearest[cluster][:shown.config.report.nearest]]
         if rendered is not None:
-            row = [rendered[cluster], *row]
+            row = [rendered[row_no], *row]
         rows = [np.stack(row[start:start + STRIP_COLUMNS]) for start in range(0, len(row), STRIP_COLUMNS)]
         strips.append(plots.image_grid(rows, out_dir / f"{name}_{cluster:03d}.png", [""] * len(rows)))
     return strips
@@ -343,11 +333,18 @@ def principal_plane(X: np.ndarray) -> np.ndarray:
     return centred @ axes[:2].T
 
 
-def embedding_figure(run_dir: Path, features, labels: np.ndarray, k: int) -> tuple[str, Path]:
-    """The clustered points (after the sweep's transform, when there was one) in their principal
-    plane, coloured by cluster: how the clusters lie against each other."""
-    transformed = stage_dir(run_dir, "stability") / TRANSFORMED
-    points = np.load(transformed) if transformed.exists() else features.X
+def embedding_figure(run_dir: Path, k: int) -> tuple[str, Path]:
+    """Clustered points in their principal plane, coloured by cluster: how the clusters lie against
+    each other. With a transform, the sweep's transformed sample; else up to EMBEDDING_POINTS rows
+    of the table, read by id."""
+    stability = stage_dir(run_dir, "stability")
+    ids, labels = read_labels(stability, k)
+    transformed = stability / TRANSFORMED
+    if transformed.exists():  # the sample's rows, sorted by id as the assignments are
+        points, labels = np.load(transformed), labels[0][in_sample(ids, read_manifest(stability)["sample_share"])]
+    else:
+        chosen = np.sort(np.random.default_rng(0).permutation(len(ids))[:EMBEDDING_POINTS])
+        points, labels = read_rows(stage_dir(run_dir, "extract"), ids[chosen]).X, labels[0][chosen]
     shown = np.random.default_rng(0).permutation(len(points))[:EMBEDDING_POINTS]
     path = plots.embedding_scatter(principal_plane(points[shown].astype(np.float64)), labels[shown],
                                    stage_dir(run_dir, "report") / f"embedding_k{k:02d}.png")
@@ -363,12 +360,12 @@ def standing_table(findings: dict) -> pd.DataFrame:
 
 
 def findings_section(shown: Shown) -> Section:
-    run_dir, config, features, findings = shown.run_dir, shown.config, shown.features, shown.findings
+    run_dir, config, findings = shown.run_dir, shown.config, shown.findings
     folder = stage_dir(run_dir, "stability")
     if not findings:
         return Section("Findings", [f"No findings: {folder / FINDINGS_FILE} is missing (rerun --from stability)."])
     k = findings_k(findings, config)
-    entry, labels = next(item for item in findings["per_k"] if item["k"] == k), shown.labels[k]
+    entry = next(item for item in findings["per_k"] if item["k"] == k)
     strips = prototype_strips(shown, k, f"cluster_k{k:02d}")
     decoded = (stage_dir(run_dir, "train") / MODEL_FILE).exists()
     what = "the decoded centroid, then the" if decoded else "the"
@@ -379,7 +376,7 @@ def findings_section(shown: Shown) -> Section:
     cards = [cluster_card(cluster, strip) for cluster, strip in zip(entry["clusters"], strips)]
     figure = folder / "plots" / "stability_vs_k.png"
     tables = [*attribute_table(entry), ("Stable clusters per k", standing_table(findings))]
-    figures = [embedding_figure(run_dir, features, labels, k)]
+    figures = [embedding_figure(run_dir, k)]
     if figure.exists():
         figures.append(("Agreement between seeds, on subsamples and with the classes, per k", figure))
     return Section(f"Findings: k = {k}", paragraphs, tables, figures, cards, anchor="recommendation")
@@ -404,11 +401,11 @@ def run_section(run_dir: Path, config, stage_times: dict) -> Section:
 
 
 def class_counts(features) -> pd.DataFrame:
-    """Images per class, the classes in natural order (s2 before s10)."""
-    counts = pd.Series(features.labels[features.labels >= 0]).value_counts()
-    names = [features.class_names[i] if i < len(features.class_names) else str(i) for i in counts.index]
-    order = sorted(range(len(names)), key=lambda row: natural_key(names[row]))
-    return pd.DataFrame({"class": [names[row] for row in order], "images": counts.values[order]})
+    """Images per class (of a TableSummary), the classes in natural order (s2 before s10)."""
+    present = [index for index, size in enumerate(features.class_sizes) if size > 0]
+    order = sorted(present, key=lambda index: natural_key(features.class_names[index]))
+    return pd.DataFrame({"class": [features.class_names[index] for index in order],
+                         "images": [int(features.class_sizes[index]) for index in order]})
 
 
 def data_section(run_dir: Path, features) -> Section:
@@ -418,8 +415,8 @@ def data_section(run_dir: Path, features) -> Section:
     skipped = metadata.get("skipped") or []
     paragraphs = [
         f"Dataset {metadata.get('dataset', '?')}: {history[-1]['train_images'] if history else '?'} training images; "
-        f"{len(features.ids):,} images of the {metadata.get('split', '?')} split encoded to "
-        f"{features.X.shape[1]}-d features; image size {metadata.get('image_size', '?')}, "
+        f"{features.rows:,} images of the {metadata.get('split', '?')} split encoded to "
+        f"{features.width}-d features; image size {metadata.get('image_size', '?')}, "
         f"color {metadata.get('color', '?')}; {len(features.class_names)} classes.",
         f"Unreadable images skipped: {len(skipped)}." + (" They are listed in the feature table's metadata." if skipped else ""),
     ]

@@ -526,7 +526,8 @@ def write_outputs(out: Path, data: SweepData, config: StabilityConfig,
             plots.heatmap(counts.to_numpy(), list(counts.index), list(range(k)), folder / f"classes_k={k:02d}.png",
                           title=f"points per class and cluster (k={k}, seed 0)", xlabel="cluster", fmt="d")
     write_json_atomic(out / MANIFEST, {**result_identity(data, config), "k": config.k_values,
-                                       "features": data.source, "class_names": data.class_names})
+                                       "features": data.source, "class_names": data.class_names,
+                                       "sample_share": data.share})
     if config.compare_runs:
         write_csv(representation_table(out, config, results), out / REPRESENTATION_FILE)
     write_csv(summary, out / SUMMARY_FILE)  # last: the summary marks a finished sweep (pipelines.rundir)

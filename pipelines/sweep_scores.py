@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import silhouette_score
 
 from pipelines.assignment import KStats, assign_points, sample_share
-from pipelines.config import StabilityConfig, parse_transform
+from pipelines.config import NEAREST_KEPT, StabilityConfig, parse_transform
 from pipelines.feature_table import scan_features
 from pipelines.measures import (
     PARTITION_AGREEMENT,
@@ -43,7 +43,7 @@ from pipelines.transforms import FittedClusters, FittedTransform, fit_clusters, 
 # the differences between k are not differences between samples.
 SILHOUETTE_SEED, BOOTSTRAP_SEED, SUBSAMPLE_SEED = 0, 1, 2
 CLASS_MEASURES = ("acc", "nmi", "ari")
-PROTOTYPES = 16  # per cluster of seed 0, the ids nearest its centre that the pass keeps (the report's images)
+PROTOTYPES = NEAREST_KEPT  # per cluster of seed 0, the ids nearest its centre that the pass keeps
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,10 +18,10 @@ from threadpoolctl import threadpool_limits
 
 from pipelines import stability
 from pipelines.config import DataConfig, ReclusterConfig, ReportConfig, StabilityConfig
-from pipelines.feature_table import read_features
+from pipelines.feature_table import read_features, summarize_features
 from pipelines.pipeline import PipelineConfig
-from pipelines.report import build_report, class_counts, cluster_prototypes
-from pipelines.rundir import read_labels, stage_dir
+from pipelines.report import build_report, class_counts
+from pipelines.rundir import read_labels, read_prototypes, stage_dir
 from pipelines.sweep_scores import fit_k, load_sweep_data
 from pipelines.transforms import FittedTransform
 
@@ -100,9 +100,13 @@ def test_the_report_decodes_only_the_images_it_shows_once_each(report_build):
     run_dir, opens = report_build
     table = read_features(stage_dir(run_dir, "extract"))
     ids, labels = read_labels(stage_dir(run_dir, "stability"), GROUPS)
-    assert np.array_equal(ids, table.ids)
-    _, nearest = cluster_prototypes(table.X, labels[0], NEAREST)
-    shown = {f"{table.ids[i]}.png" for i in nearest.ravel() if i >= 0}
+    nearest, centroids = read_prototypes(stage_dir(run_dir, "stability"), GROUPS)
+    for cluster, members in enumerate(nearest):  # the sweep kept, per cluster, the images nearest its centre
+        inside = table.X[labels[0] == cluster]
+        np.testing.assert_allclose(centroids[cluster], inside.mean(axis=0), rtol=1e-5, atol=1e-6)
+        distance = ((table.X[np.searchsorted(ids, members)] - centroids[cluster]) ** 2).sum(axis=1)
+        assert len(members) == min(16, len(inside)) and (np.diff(distance) > -1e-3).all()
+    shown = {f"{image_id}.png" for members in nearest for image_id in members[:NEAREST]}
     assert len(shown) == GROUPS * NEAREST and dict(opens) == {name: 1 for name in shown}
 
 
@@ -131,7 +135,7 @@ def test_every_section_is_there_and_every_table_is_whole(report_run):
 
 
 def test_classes_are_in_natural_order(report_run):
-    counts = class_counts(read_features(stage_dir(report_run, "extract")))
+    counts = class_counts(summarize_features(stage_dir(report_run, "extract")))
     assert counts["class"].tolist() == [f"s{p}" for p in range(1, PEOPLE + 1)]
     text = (report_run / "report" / "report.md").read_text()
     assert text.index("| s2 |") < text.index("| s10 |")
@@ -162,12 +166,6 @@ def test_the_clusters_holding_the_liked_images_are_named_with_adjusted_p_values(
     liked = next(key[0] for key in enriched if key[2] == "yes")
     assert f"Enriched in liked = yes (Benjamini-Hochberg adjusted p ≤ 0.05): cluster {liked} (highly stable)." in text
     assert "enriched in liked = yes: 30 of 30" in text and "adjusted p = " in text
-
-
-def test_cluster_prototypes_pad_a_small_cluster():
-    X = np.array([[0.0], [0.1], [5.0]])
-    _, nearest = cluster_prototypes(X, np.array([0, 0, 1]), nearest=3)
-    assert nearest.tolist() == [[0, 1, -1], [2, -1, -1]]
 
 
 def open_in_chromium(path, width: int = 1400, height: int = 900):
