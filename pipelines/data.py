@@ -393,8 +393,6 @@ def to_array(image, height: int, width: int, mode: str) -> np.ndarray:
 def decode_image(path: str, height: int | None, width: int | None, mode: str) -> np.ndarray:
     """Read and decode one file (to its own size where ``height`` is None); DataError names it
     when it is not a readable image."""
-    from PIL import Image
-
     with opened_image(path) as image:
         image.load()
         return to_array(image, height or image.height, width or image.width, mode)
