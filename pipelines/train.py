@@ -597,13 +597,17 @@ class TrainResult:
 def plan_resources(config: TrainConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[float, int]:
     """(CPUs each worker reserves, torch threads each worker uses).
 
-    Workers leave one CPU of the cluster to Ray Data, which would otherwise wait forever for a
-    CPU to feed them on a small machine."""
+    CPU workers leave one CPU of the cluster to Ray Data, which would otherwise wait forever for a
+    CPU to feed them on a small machine. A GPU worker takes one CPU (or --cpus-per-worker): sharing
+    out the head's CPUs would ask each GPU node for more CPUs than it has (cluster.yaml: 4)."""
     if config.gpus_per_worker > 0 and config.workers * config.gpus_per_worker > cluster_gpus:
         raise ResourceError(
             f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker} needs "
             f"{config.workers * config.gpus_per_worker:g} GPUs; the cluster has {cluster_gpus:g}"
         )
+    if config.gpus_per_worker > 0:  # a GPU worker needs a CPU to feed it, not the head's spare ones
+        cpus = config.cpus_per_worker or 1.0
+        return cpus, max(1, int(cpus))
     spare = max(cluster_cpus - 1.0, cluster_cpus / 2)
     cpus = config.cpus_per_worker or max(0.25, spare / config.workers)
     if config.workers * cpus > cluster_cpus:

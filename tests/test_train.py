@@ -131,6 +131,8 @@ def test_resources_leave_a_cpu_for_ray_data():
     assert cpus * 2 <= 1.0 and threads == 1
     cpus, threads = plan_resources(TrainConfig(workers=1), cluster_cpus=2, cluster_gpus=0)
     assert cpus <= 1.0 and threads == 2
+    # cluster.yaml grown: an 8-CPU head and two 4-CPU GPU nodes; each GPU worker fits a GPU node
+    assert plan_resources(TrainConfig(workers=2, gpus_per_worker=1), cluster_cpus=16, cluster_gpus=2) == (1.0, 1)
 
 
 def test_more_workers_than_the_cluster_holds_is_a_clear_error():
