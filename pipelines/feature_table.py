@@ -31,6 +31,7 @@ from pipelines.errors import DataError
 
 METADATA_KEY = b"featurelens"
 REQUIRED_COLUMNS = ("id", "feature")
+READ_BUFFER_BYTES = 4 << 20
 OPTIONAL_COLUMNS = {"label": pa.int64(), "label_name": pa.string(), "path": pa.string(), "recon_mse": pa.float32()}
 
 
@@ -226,7 +227,10 @@ def feature_batches(file: Path, width: int, batch_rows: int, row_groups: list[in
                         f"found {schema.field('feature').type}")
     present = [name for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in schema.names]
     target = feature_schema(width)
-    for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=present, row_groups=row_groups):
+    # Unbuffered, pyarrow reads a whole file's column chunks ahead (2.6 GiB for a 1M-row file of
+    # 512 floats); a stream buffer reads page by page, so memory stays near one batch.
+    reader = pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+    for batch in reader.iter_batches(batch_size=batch_rows, columns=present, row_groups=row_groups):
         table = pa.Table.from_batches([batch])
         if table["feature"].null_count:
             raise DataError(f"{file}: column 'feature' has {table['feature'].null_count} null row(s)")
