@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Ray on one node: loopback only, no usage stats.
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test test-readme test-gpu bench quality install system-packages clean
+.PHONY: run test test-faults test-readme test-gpu bench quality install system-packages clean
 
 # Debian packages: the official Fashion-MNIST files (`make run`, the tests), headless Chromium (the
 # report's browser test) and R's fpc (the clusterboot reference test). Installed when missing, by
@@ -36,10 +36,17 @@ system-packages:
 run: $(STAMP) system-packages
 	$(PY) -m jobs.pipeline --config configs/fashion-mnist.toml --out runs/fashion-mnist
 
-# The cluster test runs `ray stop` at its end, so it gets a pytest session of its own, last.
+# The tests that start clusters of their own (autoscaling, two nodes) get a pytest session of their own, last.
 test: $(STAMP) system-packages
-	$(PY) -m pytest -m "not cluster and not gpu and not readme"
-	$(PY) -m pytest -m cluster
+	$(PY) -m pytest -m "not cluster and not gpu and not readme and not faults"
+	$(PY) -m pytest -m "cluster and not submit"
+
+# Killed workers, killed jobs, interrupted sweeps on a real local Ray, then the whole pipeline
+# through `ray job submit` (which runs `ray stop` at its end, so last): about 5 minutes; CI runs
+# them after `make test`, kept out of it so that it stays under 10 minutes on 2 cores.
+test-faults: $(STAMP) system-packages
+	$(PY) -m pytest -m faults
+	$(PY) -m pytest -m submit
 
 # Every command block of the README run as written (small sizes appended) from a clone-like folder:
 # about 15 minutes; `make test` only parses them.

@@ -61,6 +61,7 @@ def local_cluster():
 
 
 @pytest.mark.cluster
+@pytest.mark.submit
 def test_pipeline_submitted_with_ray_job_submit_succeeds(local_cluster, tmp_path):
     address, env = local_cluster
     config = tmp_path / "tiny.toml"
