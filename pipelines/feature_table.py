@@ -129,7 +129,7 @@ def scan_features(path: str | Path, share: float = 1.0, expected_fingerprint: st
     if expected_fingerprint is not None and metadata.get("fingerprint") != expected_fingerprint:
         raise DataError(f"{path}: features of the model with fingerprint {metadata.get('fingerprint')}, "
                         f"expected {expected_fingerprint}")
-    width = int(metadata.get("code_dim") or feature_width(files[0]))
+    width = table_width(files, metadata)
     kept, ids, labels = [], [], []
     for file in files:
         for batch in feature_batches(file, width, batch_rows):
@@ -181,14 +181,14 @@ def summarize_features(path: str | Path) -> TableSummary:
         codes, np.array(labels["label_name"].to_pylist() if "label_name" in present else [None] * len(codes),
                         dtype=object))
     sizes = np.bincount(codes[codes >= 0], minlength=len(names))
-    return TableSummary(len(codes), int(metadata.get("code_dim") or feature_width(files[0])), names, sizes, metadata)
+    return TableSummary(len(codes), table_width(files, metadata), names, sizes, metadata)
 
 
 def read_rows(path: str | Path, ids: np.ndarray) -> FeatureTable:
     """The rows of ``ids`` alone (a filter on the id column: memory of those rows only), sorted by id."""
     files = parquet_files(Path(path))
     metadata = table_metadata_of(files)
-    width = int(metadata.get("code_dim") or feature_width(files[0]))
+    width = table_width(files, metadata)
     wanted = pa.array(np.asarray(ids, dtype=np.int64))
     kept = [table.filter(pc.is_in(table["id"], value_set=wanted))
             for file in files for table in feature_batches(file, width, 65_536)]
@@ -202,6 +202,11 @@ def table_metadata_of(files: list[Path]) -> dict:
         if raw != found[0]:
             raise DataError(f"{file}: metadata differs from {files[0]}'s (files of two extractions in one table)")
     return json.loads(found[0]) if found[0] else {}
+
+
+def table_width(files: list[Path], metadata: dict) -> int:
+    """The table's embedding width: its metadata's code_dim, else its first file's feature column."""
+    return int(metadata.get("code_dim") or feature_width(files[0]))
 
 
 def feature_width(file: Path) -> int:

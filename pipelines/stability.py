@@ -65,7 +65,7 @@ from threadpoolctl import threadpool_limits
 from pipelines.assignment import PassStats, assign_batch, assign_points
 from pipelines.config import StabilityConfig, natural_key, parse_transform
 from pipelines.errors import OutputExistsError, ResourceError
-from pipelines.feature_table import feature_batches, feature_matrix, parquet_files, table_metadata_of
+from pipelines.feature_table import feature_batches, feature_matrix, parquet_files, table_metadata_of, table_width
 from pipelines.findings import (
     STABLE_JACCARD,
     attribute_findings,
@@ -400,7 +400,7 @@ def assignment_pass(source: str, transform: FittedTransform, models: dict[int, F
     from pipelines.runtime import cluster_cpus
 
     files = parquet_files(Path(source))
-    width = int(table_metadata_of(files).get("code_dim") or 0) or None
+    width = table_width(files, table_metadata_of(files))
     units = [{"file": str(file), "row_group": group, "name": f"{number:05d}-{group:05d}"}
              for number, file in enumerate(files) for group in range(pq.ParquetFile(file).num_row_groups)]
     actors = max(1, min(len(units), int(cluster_cpus())))
@@ -424,19 +424,16 @@ ASSIGN_BATCH_ROWS = 16_384
 class AssignRowGroups:
     """The pass's actor: holds the fitted transform and models, assigns one row group per call."""
 
-    def __init__(self, fitted, n_classes: int, width: int | None, staging: str) -> None:
+    def __init__(self, fitted, n_classes: int, width: int, staging: str) -> None:
         import ray
 
-        self.transform, self.models = ray.get(fitted) if isinstance(fitted, ray.ObjectRef) else fitted
+        self.transform, self.models = ray.get(fitted)
         self.n_classes, self.width, self.staging = n_classes, width, Path(staging)
 
     def __call__(self, units: pa.Table) -> pa.Table:
-        from pipelines.feature_table import feature_width
-
         stats = []
         for unit in units.to_pylist():
-            file = Path(unit["file"])
-            width = self.width or feature_width(file)
+            file, width = Path(unit["file"]), self.width
             total = None
             with threadpool_limits(limits=1):  # one actor per CPU
                 batches = feature_batches(file, width, ASSIGN_BATCH_ROWS, [unit["row_group"]])
