@@ -25,9 +25,11 @@ GMM_COVARIANCES = ("full", "diag", "tied", "spherical")
 BOOTSTRAP_PROTOCOLS = ("clusterboot", "duplicates")  # pipelines.measures documents them
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with the text its ``--help`` shows."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, changes_output: bool = True) -> Any:
+    """A dataclass field with the text its ``--help`` shows. ``changes_output=False`` marks an
+    option that decides how or when the work runs, never what it computes: changing it leaves a
+    finished pipeline stage valid."""
+    return field(default=default, metadata={"help": help, "changes_output": changes_output})
 
 
 @dataclass
@@ -134,7 +136,8 @@ class TrainConfig:
     gpus_per_worker: float = opt(0.0, "GPUs per worker (0: train on CPUs)")
     resource_timeout: float = opt(
         600.0, "seconds to wait for the autoscaler to add the nodes the plan needs when the cluster is too "
-        "small now (cluster.yaml's GPU workers start at 0); a cluster without an autoscaler refuses at once")
+        "small now (cluster.yaml's GPU workers start at 0); a cluster without an autoscaler refuses at once",
+        changes_output=False)
     init_from: str | None = opt(
         None,
         "transfer: a run directory or model file whose encoder starts this training "
@@ -208,13 +211,18 @@ class ExtractConfig:
     gpus_per_actor: float = opt(0.0, "GPUs per encoder actor (0: encode on CPUs)")
     resource_timeout: float = opt(
         600.0, "seconds to wait for the autoscaler to add the nodes the plan needs when the cluster is too "
-        "small now (cluster.yaml's GPU workers start at 0); a cluster without an autoscaler refuses at once")
+        "small now (cluster.yaml's GPU workers start at 0); a cluster without an autoscaler refuses at once",
+        changes_output=False)
+    rows_per_file: int = opt(
+        16_384, "rows per Parquet file of the table, at least (Ray Data's min_rows_per_file): each file is "
+        "one write task, whose fixed cost dominates small files", changes_output=False)
     overwrite: bool = opt(False, "replace an existing feature table")
 
     def __post_init__(self) -> None:
         check_choice("split", self.split, SPLITS)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("batch_size", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
         for name in ("gpus_per_actor", "resource_timeout"):
@@ -250,7 +258,8 @@ class StabilityConfig:
     )
     resource_timeout: float = opt(
         600.0, "seconds to wait for the autoscaler to add the nodes cpus_per_trial needs when the cluster is "
-        "too small now; a cluster without an autoscaler refuses at once")
+        "too small now; a cluster without an autoscaler refuses at once",
+        changes_output=False)
     heatmap_k: int | None = opt(
         None,
         "k whose class x cluster counts (seed 0) are drawn as a heatmap; default: the number of classes "

@@ -273,7 +273,7 @@ def load_fashion_mnist(config: DataConfig, split: str) -> ImageSource:
     num_images = sum(t.num_rows for t in tables)
     _, height, width, *_ = (num_images, *tables[0]["image"].type.shape)
     return ImageSource(
-        dataset=ray.data.from_arrow(tables),
+        dataset=ray.data.from_blocks(tables),  # see FolderDecode.dataset
         name="fashion-mnist",
         split=split,
         num_images=num_images,
@@ -452,7 +452,9 @@ class FolderDecode:
         """The manifest's files decoded, lazily: decoding and checking happen when a stage reads."""
         import ray
 
-        return ray.data.from_arrow(manifest_blocks(manifest)).map_batches(
+        # from_blocks, not from_arrow: that one runs a remote task per block for its metadata,
+        # 1 s for 35 blocks on a fresh local Ray; from_blocks reads it on the driver.
+        return ray.data.from_blocks(manifest_blocks(manifest)).map_batches(
             decode_images, batch_format="pyarrow", fn_kwargs=dict(decode=self))
 
     def bad_so_far(self) -> list[tuple[str, str]]:

@@ -153,7 +153,8 @@ def extract_features(data: DataConfig, config: ExtractConfig, out: str | Path) -
         metadata = table_metadata(model, source, config.checkpoint)
         started = time.perf_counter()
         with watch_rows(tmp, source.num_images, f"[extract] {source.name}/{source.split}"), failing_on_bad_images(source):
-            encode(source, model, config).write_parquet(str(tmp), schema=feature_schema(model.spec.code_dim, metadata))
+            encode(source, model, config).write_parquet(str(tmp), schema=feature_schema(model.spec.code_dim, metadata),
+                                                        min_rows_per_file=config.rows_per_file)
         release_resources()  # the autoscaler may take the nodes it added away again (after a failure: at exit)
         seconds = time.perf_counter() - started
         rows = record_skipped(tmp, metadata, source.skipped)

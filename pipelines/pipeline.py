@@ -197,10 +197,6 @@ RESUMABLE = {"train": {"train.epochs"},
                            "stability.attribute_pattern"}}
 
 
-# How long to wait for an autoscaler decides when the work runs, never what it computes.
-NEVER_STALE = {"train.resource_timeout", "extract.resource_timeout", "stability.resource_timeout"}
-
-
 def changed_options(run_dir: Path, config: PipelineConfig) -> dict[str, tuple]:
     """{"section.option": (saved value, new value)} against the config the run directory was made with."""
     saved_file = run_dir / CONFIG_FILE
@@ -209,7 +205,14 @@ def changed_options(run_dir: Path, config: PipelineConfig) -> dict[str, tuple]:
     saved, current = PipelineConfig.from_dict(load_config_file(saved_file)).to_dict(), config.to_dict()
     return {f"{section}.{name}": (saved[section][name], value)
             for section, options in current.items() for name, value in options.items()
-            if saved[section][name] != value and f"{section}.{name}" not in NEVER_STALE}
+            if saved[section][name] != value and changes_output(section, name)}
+
+
+def changes_output(section: str, name: str) -> bool:
+    """Whether a change of this option makes a finished stage stale (``config.opt``'s flag: how
+    long to wait for an autoscaler, or how many rows go in a file, never what is computed)."""
+    option = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    return option.metadata.get("changes_output", True)
 
 
 def stages_to_run(run_dir: Path, config: PipelineConfig, from_stage: str | None, changed: dict) -> list[str]:

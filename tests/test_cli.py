@@ -222,16 +222,18 @@ def test_a_finished_pipeline_resumes_from_the_changed_stage(change, resumed, tmp
     check_config_unchanged(tmp_path, changed, [s for s in STAGES if s not in pending], pending[0])  # no refusal
 
 
-def test_a_finished_pipeline_with_a_longer_autoscaler_wait_computes_nothing(tmp_path):
+def test_a_finished_pipeline_with_a_longer_autoscaler_wait_or_other_file_sizes_computes_nothing(tmp_path):
     from pipelines.pipeline import PipelineConfig, changed_options, merge, stages_to_run, to_toml
 
     base = {"train": {"epochs": 3}, "stability": {"k": "2-3"}}
     finished_run(tmp_path, epochs=3)
     (tmp_path / "config.toml").write_text(to_toml(PipelineConfig.from_dict(base).to_dict()))
     waits = {section: {"resource_timeout": 5.0} for section in ("train", "extract", "stability")}
-    config = PipelineConfig.from_dict(merge(base, waits))
+    config = PipelineConfig.from_dict(merge(base, merge(waits, {"extract": {"rows_per_file": 100}})))
     assert changed_options(tmp_path, config) == {}
     assert stages_to_run(tmp_path, config, None, {}) == []
+    other_batches = PipelineConfig.from_dict(merge(base, {"extract": {"batch_size": 100}}))
+    assert changed_options(tmp_path, other_batches) == {"extract.batch_size": (512, 100)}
 
 
 # --- a quiet terminal: featurelens's lines, with progress; Ray's to the log file ---------------------------------
