@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from pipelines.measures import pair_counts
 from pipelines.transforms import FittedClusters, nearest_center
 
 SAMPLE_SALT = np.uint64(0x5EEDF00D)
@@ -90,11 +91,6 @@ class PassStats:
                          {k: stats.merge(other.per_k[k]) for k, stats in self.per_k.items()})
 
 
-def count_pairs(a: np.ndarray, b: np.ndarray, k_a: int, k_b: int) -> NDArray[np.int64]:
-    """[k_a, k_b] counts of the points with cluster i under ``a`` and j under ``b``."""
-    return np.bincount(a.astype(np.int64) * k_b + b, minlength=k_a * k_b).reshape(k_a, k_b)
-
-
 def k_stats(points: np.ndarray, raw: np.ndarray, labels: np.ndarray, distance: np.ndarray, ids: np.ndarray,
             classes: np.ndarray, n_classes: int, k: int, nearest: int) -> KStats:
     """The sums of one batch for one k: ``labels`` [seeds, b], ``distance`` [b] of seed 0."""
@@ -109,8 +105,8 @@ def k_stats(points: np.ndarray, raw: np.ndarray, labels: np.ndarray, distance: n
         counts.append(np.bincount(seed_labels, minlength=k))
         squares.append(np.bincount(seed_labels, weights=norms, minlength=k))
     known = classes >= 0
-    class_counts = np.stack([count_pairs(classes[known], seed_labels[known], n_classes, k) for seed_labels in labels])
-    pairs = [count_pairs(a, b, k, k) for a, b in itertools.combinations(labels, 2)]
+    class_counts = np.stack([pair_counts(classes[known], seed_labels[known], n_classes, k) for seed_labels in labels])
+    pairs = [pair_counts(a, b, k, k) for a, b in itertools.combinations(labels, 2)]
     nearest_distance, nearest_id = np.full((k, nearest), np.inf), np.full((k, nearest), -1, dtype=np.int64)
     for cluster in range(k):
         members = np.flatnonzero(labels[0] == cluster)

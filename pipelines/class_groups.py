@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.cluster import KMeans
 
-from pipelines.measures import check_label_pair, check_labels
+from pipelines.measures import check_label_pair, check_labels, pair_counts
 
 
 def class_cluster_table(
@@ -54,8 +54,7 @@ def class_cluster_table(
     )
     check_labels(classes, "class_labels", n_ids=n_classes)
     check_labels(clusters, "cluster_labels", n_ids=k)
-    cells = np.bincount(classes * k + clusters, minlength=n_classes * k)
-    return cells.reshape(n_classes, k).astype(np.int64)
+    return pair_counts(classes, clusters, n_classes, k)
 
 
 def membership(counts: ArrayLike) -> NDArray[np.float64]:

@@ -102,6 +102,14 @@ def check_label_pair(
     return a, b
 
 
+def pair_counts(a: NDArray[np.integer], b: NDArray[np.integer], n_a: int, n_b: int) -> NDArray[np.int64]:
+    """[n_a, n_b] counts of the points with id i under ``a`` and j under ``b``, ids already in
+    ``[0, n_a)`` and ``[0, n_b)`` (unchecked: the kernel of every count table here; empty
+    inputs give zeros, as a batch without known classes must)."""
+    cells = np.bincount(a.astype(np.int64) * n_b + b, minlength=n_a * n_b)
+    return cells.reshape(n_a, n_b)
+
+
 def contingency(
     labels_a: ArrayLike, labels_b: ArrayLike
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
@@ -122,8 +130,7 @@ def contingency(
     a, b = check_label_pair(labels_a, labels_b)
     ids_a, rows = np.unique(a, return_inverse=True)
     ids_b, cols = np.unique(b, return_inverse=True)
-    cells = np.bincount(rows * ids_b.size + cols, minlength=ids_a.size * ids_b.size)
-    return cells.reshape(ids_a.size, ids_b.size).astype(np.int64), ids_a, ids_b
+    return pair_counts(rows, cols, ids_a.size, ids_b.size), ids_a, ids_b
 
 
 def adjusted_rand_index(labels_a: ArrayLike, labels_b: ArrayLike) -> float:

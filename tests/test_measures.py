@@ -15,6 +15,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from pipelines.measures import (
+    pair_counts,
     CLASS_AGREEMENT,
     CLASS_AGREEMENT_FROM_TABLE,
     PARTITION_AGREEMENT_FROM_TABLE,
@@ -137,6 +138,12 @@ def test_contingency_counts_and_ids():
     np.testing.assert_array_equal(ids_b, [0, 1, 9])
     np.testing.assert_array_equal(counts, [[2, 0, 1], [1, 1, 0]])
     assert counts.dtype == np.int64
+
+
+def test_pair_counts_of_a_batch_without_points_are_zeros_of_the_full_shape():
+    np.testing.assert_array_equal(pair_counts(np.array([1, 0, 1]), np.array([2, 2, 0]), 2, 3), [[0, 0, 1], [1, 0, 1]])
+    empty = pair_counts(np.array([], np.int64), np.array([], np.int64), 10, 4)
+    assert empty.shape == (10, 4) and empty.sum() == 0
 
 
 def test_hungarian_known_answer():
