@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := dataset-fashion-mnist chromium chromium-driver r-base-core r-
 # The venv is rebuilt only when pyproject.toml changes, so a second call installs nothing.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
