@@ -51,7 +51,7 @@ def bench_model(path: str | None = None) -> Path:
     return model_path
 
 
-def plain_extract(model_path: str, out: str, images: int, batch: int, threads: int, device: str = "cpu") -> dict:
+def plain_extract(model_path: str, out: str, images: int, batch: int, threads: int) -> dict:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -64,7 +64,6 @@ def plain_extract(model_path: str, out: str, images: int, batch: int, threads: i
     torch.set_num_threads(threads)
     started = time.perf_counter()
     model, _ = load_model(model_path)
-    model.to(device)
     limit = None if images >= 70_000 else images // 2  # as DataConfig.limit: the first N of each split
     parts = [fashion_mnist_arrays(split) for split in ("train", "test")]
     pixels = np.concatenate([p[0][:limit] for p in parts])
@@ -74,8 +73,7 @@ def plain_extract(model_path: str, out: str, images: int, batch: int, threads: i
     Path(out).mkdir(parents=True, exist_ok=True)
     with pq.ParquetWriter(str(Path(out) / "features.parquet"), schema) as writer:
         for i in range(0, len(pixels), batch):
-            codes, recon_mse = encode_batch(model, torch.from_numpy(pixels[i : i + batch].copy()).to(device))
-            codes, recon_mse = codes.cpu(), recon_mse.cpu()  # the uint8 images travelled to the device
+            codes, recon_mse = encode_batch(model, torch.from_numpy(pixels[i : i + batch].copy()))
             n = len(codes)
             rows = pa.table({"id": pa.array(np.arange(i, i + n), pa.int64()), "label": pa.array(labels[i : i + n]),
                              "label_name": pa.array(names[labels[i : i + n]], pa.string()),
@@ -85,14 +83,13 @@ def plain_extract(model_path: str, out: str, images: int, batch: int, threads: i
     return {"images": len(pixels), "seconds": seconds, "images_per_s": len(pixels) / seconds}
 
 
-def ray_extract(model_path: str, out: str, images: int, batch: int, actors: int | None, gpus_per_actor: float = 0.0) -> dict:
+def ray_extract(model_path: str, out: str, images: int, batch: int, actors: int | None) -> dict:
     from pipelines.config import DataConfig, ExtractConfig
     from pipelines.extract import extract_features
 
     ray_seconds = start_ray()
     limit = None if images >= 70_000 else images // 2  # the limit applies to each split
-    config = ExtractConfig(checkpoint=model_path, split="all", batch_size=batch, actors=actors, overwrite=True,
-                           gpus_per_actor=gpus_per_actor)
+    config = ExtractConfig(checkpoint=model_path, split="all", batch_size=batch, actors=actors, overwrite=True)
     started = time.perf_counter()
     extract_features(DataConfig(limit=limit), config, out)
     seconds = time.perf_counter() - started
@@ -110,14 +107,12 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--threads", type=int, default=cpu_count())
     parser.add_argument("--actors", type=int, default=None)
-    parser.add_argument("--device", default="cpu", help="plain loop: cpu or cuda")
-    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="Ray job: GPUs per encoder actor")
     args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
     if args.kind == "plain":
-        report_result(plain_extract(args.model, args.out, args.images, args.batch, args.threads, args.device))
+        report_result(plain_extract(args.model, args.out, args.images, args.batch, args.threads))
     else:
-        report_result(ray_extract(args.model, args.out, args.images, args.batch, args.actors, args.gpus_per_actor))
+        report_result(ray_extract(args.model, args.out, args.images, args.batch, args.actors))
 
 
 def run(quick: bool = False, images: int | None = None, repeats: int | None = None, model: str | None = None,
