@@ -8,8 +8,9 @@ A plain PyTorch loop (no Ray: the public steps of ``pipelines.train``, as each R
 runs them) trains one autoencoder per recipe, seeded, on the first ``--images`` Fashion-MNIST
 training images (faces: all 400 ORL images at 64x64, batch 16), then clusters the codes of the
 10,000 test images (faces: of the 400 images) with KMeans, k = 10 (faces: 40), ``--seeds``
-seeds, beside KMeans on the raw pixels. A refinement recipe (``idec``) starts from the model the
-``seed`` recipe left in ``.bench/recipes`` and trains ``--refine-epochs`` more with the IDEC term.
+seeds, beside KMeans on the raw pixels; the ``*_l2`` columns: KMeans of the same vectors
+L2-normalised. A refinement recipe (``idec``) starts from the model the ``seed`` recipe left in
+``.bench/recipes`` and trains ``--refine-epochs`` more with the IDEC term.
 Every row is appended to ``.bench/recipes/<data>[-transfer].jsonl`` and printed as a Markdown row.
 """
 
@@ -29,8 +30,18 @@ RECIPES = {  # name: TrainConfig options; refine: IDEC refinement of that recipe
     "gaussian": {"corrupt": "gaussian"}, "salt": {"corrupt": "salt"},
     "mask": {"corrupt": "mask"}, "mask-0.75": {"corrupt": "mask", "corrupt_level": 0.75},
     "code-10": {"code_dim": 10}, "code-32": {"code_dim": 32}, "code-64": {"code_dim": 64},
-    "consistency": {"consistency": 1.0},
-    "mask+code-32": {"corrupt": "mask", "code_dim": 32}, "consistency+code-32": {"consistency": 1.0, "code_dim": 32},
+    "mask+code-32": {"corrupt": "mask", "code_dim": 32},
+    # SimCLR's NT-Xent beside reconstruction (weight, temperature, head; a recipe may set the batch)
+    "simclr": {"contrastive": 1.0}, "simclr-b256": {"contrastive": 1.0, "batch_size": 256},
+    "simclr-nohead-b256": {"contrastive": 1.0, "projection_dim": 0, "batch_size": 256},
+    "simclr-0.1-b256": {"contrastive": 0.1, "batch_size": 256},
+    "simclr-t0.2-b256": {"contrastive": 1.0, "temperature": 0.2, "batch_size": 256},
+    "simclr-s0.2-j0.4-b256": {"contrastive": 1.0, "view_scale": 0.2, "view_jitter": 0.4, "batch_size": 256},
+    "simclr-s0.1-j0.6-b256": {"contrastive": 1.0, "view_scale": 0.1, "view_jitter": 0.6, "batch_size": 256},
+    "simclr-s0.2-j0.4": {"contrastive": 1.0, "view_scale": 0.2, "view_jitter": 0.4},
+    "simclr-s0.2-j0.4-b64": {"contrastive": 1.0, "view_scale": 0.2, "view_jitter": 0.4, "batch_size": 64},
+    "simclr-100-b256": {"contrastive": 100.0, "batch_size": 256},  # reconstruction ~1% of the gradient
+    "simclr-0.01-b256": {"contrastive": 0.01, "batch_size": 256},
     "idec": {"refine": "seed"}, "idec-code-32": {"refine": "code-32"},
 }
 FACES = REPO.parent / "shared" / "data" / "faces" / "att_faces"
@@ -62,7 +73,7 @@ def train_plain(config, spec, train_images: np.ndarray, images_for_centroids=Non
 
     started, milestones = time.perf_counter(), milestones or {}
     model = initial_model(spec, config, images_for_centroids)
-    network = training_network(model, config.mode, config.freeze_encoder)
+    network = training_network(model, config.mode, config.freeze_encoder, Recipe.of(config).projection)
     columns = {"image": torch.from_numpy(train_images)} | ({} if labels is None else {"label": torch.from_numpy(labels)})
     optimizer, scheduler = build_optimizer(network, config, steps_per_epoch=-(-len(train_images) // config.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
@@ -81,6 +92,12 @@ def kmeans_scores(X: np.ndarray, labels: np.ndarray, k: int, seeds: int) -> dict
 
     runs = [class_agreement(labels, fit_clusters(X, k, seed)) for seed in range(seeds)]
     return {m: float(np.mean([r[m] for r in runs])) for m in ("acc", "nmi", "ari")}
+
+
+def kmeans_scores_both(X: np.ndarray, labels: np.ndarray, k: int, seeds: int) -> dict:
+    """:func:`kmeans_scores` of ``X`` and (keys ``*_l2``) of its rows L2-normalised."""
+    unit = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return kmeans_scores(X, labels, k, seeds) | {f"{m}_l2": v for m, v in kmeans_scores(unit, labels, k, seeds).items()}
 
 
 def held_out(model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -105,11 +122,11 @@ def measure(name: str, args, data) -> dict:
     row = {"recipe": name, "data": args.data, "epochs": args.epochs, "ae_seed": args.ae_seed, "images": len(train_images)}
     if name == "pixels":
         X = test_images.reshape(len(test_images), -1).astype(np.float32) / 255
-        return {**row, **kmeans_scores(X, labels, k, args.seeds), "test_mse": float("nan"), "seconds": 0.0}
+        return {**row, **kmeans_scores_both(X, labels, k, args.seeds), "test_mse": float("nan"), "seconds": 0.0}
     options = dict(RECIPES[name])
     base = options.pop("refine", None)
-    config = TrainConfig(epochs=args.epochs, lr=2e-3, lr_schedule="cosine", workers=1, seed=args.ae_seed,
-                         batch_size=16 if args.data == "faces" else 64, **options)
+    config = TrainConfig(**{"epochs": args.epochs, "lr": 2e-3, "lr_schedule": "cosine", "workers": 1, "seed": args.ae_seed,
+                            "batch_size": 16 if args.data == "faces" else 64} | options)
     if base:
         source = OUT / f"{args.data}-{base}-e{args.epochs}-s{args.ae_seed}.pt"
         config = replace(config, epochs=args.refine_epochs, clusters=k, init_from=str(source),
@@ -118,7 +135,8 @@ def measure(name: str, args, data) -> dict:
     model, seconds = train_plain(config, spec, train_images, train_images if base else None,
                                  milestones={config.epochs: OUT / f"{args.data}-{name}-e{args.epochs}-s{args.ae_seed}.pt"})
     codes, mse = encode(model, test_images), held_out(model, test_images, labels)[0]
-    row |= {**kmeans_scores(codes.numpy(), labels, k, args.seeds), "test_mse": mse, "seconds": seconds}
+    row |= {**kmeans_scores_both(codes.numpy(), labels, k, args.seeds), "test_mse": mse, "seconds": seconds,
+            "batch_size": config.batch_size}
     if base:  # the refined model's own clusters: each image's most likely centroid
         row["idec_own_acc"] = class_agreement(labels, soft_assignment(codes, model.centroids.detach()).argmax(1).numpy())["acc"]
     return row

@@ -122,9 +122,18 @@ class TrainConfig:
     )
     corrupt_level: float | None = opt(None, "strength of corrupt; default 0.2 (gaussian, salt), 0.5 (mask)")
     mask_patch: int = opt(4, "corrupt mask: side of the square patches zeroed (1: single pixels)")
-    consistency: float = opt(
-        0.0, "autoencoder: weight of a term pulling each image's code towards its code when shifted by up to "
-        "2 pixels (1 - cosine similarity; 0: off)")
+    contrastive: float = opt(
+        0.0, "autoencoder: weight of a contrastive term (SimCLR's NT-Xent) beside reconstruction: the batch holds "
+        "two random views of each image (a resized crop keeping view_scale to all of its area, mirrored left-right "
+        "half the time, view_jitter), and each view's projection is pulled towards the other view's and away from "
+        "the other images' (0: off)")
+    temperature: float = opt(0.5, "contrastive: temperature of NT-Xent's cosine similarities (SimCLR's CIFAR-10 value: 0.5)")
+    view_scale: float = opt(0.7, "contrastive: the smallest share of an image's area that a view's crop keeps")
+    view_jitter: float = opt(
+        0.0, "contrastive: each view's contrast and brightness multiplied by factors in [1 - this, 1 + this] (0: none)")
+    projection_dim: int = opt(
+        128, "contrastive: outputs of the projection head (Linear, ReLU, Linear; training's own, not saved in the "
+        "model) that NT-Xent is taken on; the features stay the code before it. 0: on the code itself")
     clusters: int = opt(
         0, "autoencoder: cluster refinement (IDEC) with this many centroids, initialised by KMeans of the codes "
         "of the init_from model (its decoder too); 0: off")
@@ -179,15 +188,20 @@ class TrainConfig:
         for name in ("code_dim", "mask_patch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("consistency", "clusters", "cluster_weight"):
+        for name in ("contrastive", "projection_dim", "clusters", "cluster_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.view_scale <= 1.0 or not 0.0 <= self.view_jitter < 1.0:
+            raise ValueError(f"view_scale must be in (0, 1] and view_jitter in [0, 1), got {self.view_scale}, "
+                             f"{self.view_jitter}")
         if self.corrupt_level is not None and not 0.0 <= self.corrupt_level <= 1.0:
             raise ValueError(f"corrupt_level must be in [0, 1], got {self.corrupt_level}")
         if self.clusters and not self.init_from:
             raise ValueError("clusters (cluster refinement) starts from a trained autoencoder: set init_from")
-        if self.mode != "autoencoder" and (self.corrupt != "none" or self.consistency or self.clusters):
-            raise ValueError("corrupt, consistency and clusters apply to mode autoencoder only")
+        if self.mode != "autoencoder" and (self.corrupt != "none" or self.contrastive or self.clusters):
+            raise ValueError("corrupt, contrastive and clusters apply to mode autoencoder only")
 
     @property
     def corruption_level(self) -> float:

@@ -46,30 +46,44 @@ LOCAL_SHUFFLE_BUFFER = 4096
 
 
 class AutoencoderNetwork(nn.Module):
-    """Encoder, decoder and (cluster refinement) the centroids, in one forward pass:
-    images -> (reconstructions, codes, soft cluster assignments or None)."""
+    """Encoder, decoder, (cluster refinement) the centroids and (contrastive term) a projection
+    head, in one forward pass: images -> (reconstructions, codes, soft cluster assignments or None,
+    projections: the head's output, or the codes themselves without a head).
 
-    def __init__(self, model: Autoencoder) -> None:
+    The head (SimCLR's: Linear d -> d, ReLU, Linear d -> ``projection``) is training's own: it is
+    not part of the Autoencoder, so the saved model and its features (the codes, before the head)
+    are the family's; a Ray Train checkpoint keeps its state dict beside the model's."""
+
+    def __init__(self, model: Autoencoder, projection: int = 0) -> None:
         super().__init__()
         self.encoder, self.decoder = model.encoder, model.decoder
         self.centroids = getattr(model, "centroids", None)  # the model's own parameter, when it has one
+        width = model.spec.code_dim
+        self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, projection)) if projection else None
 
     def forward(self, inputs: torch.Tensor):
         codes = self.encoder(inputs)
         assignments = None if self.centroids is None else soft_assignment(codes, self.centroids)
-        return self.decoder(codes), codes, assignments
+        projections = codes if self.head is None else self.head(codes)
+        return self.decoder(codes), codes, assignments, projections
 
 
-def training_network(model: Autoencoder, mode: str, freeze_encoder: bool = False) -> nn.Module:
-    """The part of the model a mode trains: encoder+decoder (+centroids), or encoder+classifier
-    (``freeze_encoder``: the encoder's weights take no gradient, so the optimizer leaves them out).
+def training_network(model: Autoencoder, mode: str, freeze_encoder: bool = False, projection: int = 0) -> nn.Module:
+    """The part of the model a mode trains: encoder+decoder (+centroids, + a fresh projection head
+    of ``projection`` outputs for the contrastive term), or encoder+classifier (``freeze_encoder``:
+    the encoder's weights take no gradient, so the optimizer leaves them out).
 
     Data parallelism wraps only this, so that every parameter it holds takes part in the
     forward pass (DDP needs that) and the unused head is left alone."""
     model.encoder.requires_grad_(not freeze_encoder)
     if mode == "autoencoder":
-        return AutoencoderNetwork(model)
+        return AutoencoderNetwork(model, projection)
     return nn.Sequential(model.encoder, model.classifier)
+
+
+def projection_head(network: nn.Module) -> nn.Module | None:
+    """The training network's projection head (inside DDP's wrapper too), or None."""
+    return getattr(getattr(network, "module", network), "head", None)
 
 
 @dataclass(frozen=True)
@@ -79,13 +93,18 @@ class Recipe:
     corrupt: str = "none"  # see corrupt_images
     level: float = 0.0
     mask_patch: int = 4
-    consistency: float = 0.0  # weight of the shift-consistency term
     cluster_weight: float = 0.0  # weight of the IDEC term (0 unless the model has centroids)
+    contrastive: float = 0.0  # weight of the NT-Xent term (see contrastive_loss)
+    temperature: float = 0.5
+    projection: int = 0  # outputs of the training network's projection head (0: none)
+    view_scale: float = 0.7  # see crop_views
+    view_jitter: float = 0.0
 
     @classmethod
     def of(cls, config: TrainConfig) -> "Recipe":
-        return cls(config.corrupt, config.corruption_level, config.mask_patch, config.consistency,
-                   config.cluster_weight if config.clusters else 0.0)
+        return cls(config.corrupt, config.corruption_level, config.mask_patch,
+                   config.cluster_weight if config.clusters else 0.0, config.contrastive, config.temperature,
+                   config.projection_dim if config.contrastive else 0, config.view_scale, config.view_jitter)
 
 
 PLAIN = Recipe()
@@ -102,20 +121,61 @@ def batch_loss(network: nn.Module, images: torch.Tensor, labels: torch.Tensor | 
 
 def autoencoder_loss(network: nn.Module, images: torch.Tensor, recipe: Recipe = PLAIN) -> torch.Tensor:
     """Per-pixel MSE of the reconstruction of the (corrupted) inputs against the clean images; with
-    ``recipe.consistency``, the batch also holds each image shifted (augment_images "shift") and
-    ``consistency x mean(1 - cos(code, code of the shifted image))`` is added; with centroids,
-    ``cluster_weight x KL(P || Q)`` (IDEC, :func:`cluster_loss`)."""
+    ``recipe.contrastive``, the batch is two views of each image instead (:func:`crop_views`, each
+    reconstructed), and ``contrastive x NT-Xent`` of their projections is added
+    (:func:`contrastive_loss`); with centroids, ``cluster_weight x KL(P || Q)`` (IDEC, :func:`cluster_loss`)."""
     clean = scale_images(images)
-    if recipe.consistency:
-        clean = torch.cat([clean, scale_images(augment_images(images, "shift"))])
-    reconstructions, codes, assignments = network(corrupt_images(clean, recipe))
+    if recipe.contrastive:
+        clean = torch.cat([crop_views(clean, recipe.view_scale, recipe.view_jitter) for _ in range(2)])
+    reconstructions, _, assignments, projections = network(corrupt_images(clean, recipe))
     loss = nn.functional.mse_loss(reconstructions, clean)
-    if recipe.consistency:
-        first, second = codes.chunk(2)
-        loss = loss + recipe.consistency * (1 - nn.functional.cosine_similarity(first, second)).mean()
+    if recipe.contrastive:
+        loss = loss + recipe.contrastive * contrastive_loss(*projections.chunk(2), recipe.temperature)
     if recipe.cluster_weight and assignments is not None:
         loss = loss + recipe.cluster_weight * cluster_loss(assignments)
     return loss
+
+
+def contrastive_loss(first: torch.Tensor, second: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """SimCLR's NT-Xent (InfoNCE) of two views' vectors (N, d), row i of each the same image: each
+    of the 2N vectors, L2-normalised, is scored by cosine / ``temperature`` against the other
+    2N - 1; cross-entropy picks its other view among them, the other images' 2N - 2 being the
+    negatives (so the codes cannot all collapse to one point). Negatives are the batch's (a
+    worker's shard of it under data parallelism)."""
+    z = nn.functional.normalize(torch.cat([first, second]), dim=1)
+    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
+    other_view = torch.arange(len(z), device=z.device).roll(len(first))  # i <-> i + N
+    return nn.functional.cross_entropy(logits, other_view)
+
+
+CROP_RATIO = (3 / 4, 4 / 3)  # the crop's aspect ratio, against the image's
+
+
+def crop_views(images: torch.Tensor, scale: float = 0.7, jitter: float = 0.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random view of each float image (N, C, H, W) in [0, 1], at the same size, on its device:
+    a random resized crop (``scale`` to all of the area, uniform; aspect CROP_RATIO; anywhere in
+    the image), mirrored left-right with probability 1/2, resampled bilinearly (so still in
+    [0, 1]); with ``jitter``, its contrast (about its mean) and then its brightness are each
+    multiplied by a factor drawn from [1 - jitter, 1 + jitter], clipped to [0, 1]."""
+    n = len(images)
+    u = torch.rand(7, n, device=images.device, generator=generator)
+    area = scale + (1.0 - scale) * u[0]
+    low, high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = torch.exp(low + (high - low) * u[1])
+    width, height = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = torch.where(u[4] < 0.5, -width, width)  # the grid's x runs backwards: a mirror image
+    theta[:, 1, 1] = height
+    theta[:, 0, 2] = (1 - width) * (2 * u[2] - 1)  # the crop's centre, in [-1, 1] coordinates
+    theta[:, 1, 2] = (1 - height) * (2 * u[3] - 1)
+    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    views = nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if not jitter:
+        return views
+    contrast, brightness = (1 - jitter + 2 * jitter * u[5:]).view(2, n, 1, 1, 1)
+    mean = views.mean((1, 2, 3), keepdim=True)
+    return (((views - mean) * contrast + mean) * brightness).clamp(0.0, 1.0)
 
 
 def corrupt_images(inputs: torch.Tensor, recipe: Recipe) -> torch.Tensor:
@@ -368,7 +428,7 @@ def start_worker(plan: WorkerPlan) -> Worker:
     # CPU and fused Adam's first step would fail on mixed devices.
     device = ray.train.torch.get_device()
     model.to(device)
-    network = training_network(model, config.mode, config.freeze_encoder)
+    network = training_network(model, config.mode, config.freeze_encoder, Recipe.of(config).projection)
     steps = steps_per_epoch(plan.train_images, world, config.batch_size // world)
     optimizer, scheduler = build_optimizer(network, config, steps)
     return Worker(model, network, optimizer, scheduler, rank, world, device)
@@ -385,6 +445,8 @@ def restore(worker: Worker, config: TrainConfig) -> tuple[int, list[dict]]:
     with checkpoint.as_directory() as folder:
         state = torch_load(Path(folder) / STATE_FILE)
     worker.model.load_state_dict(state["model"])
+    if "head" in state:
+        projection_head(worker.network).load_state_dict(state["head"])
     worker.optimizer.load_state_dict(state["optimizer"])
     worker.scheduler.load_state_dict(state["scheduler"])
     if worker.rank == 0:
@@ -529,6 +591,9 @@ def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict], sample: 
     state = {"model": worker.model.state_dict(), "optimizer": worker.optimizer.state_dict(),
              "scheduler": worker.scheduler.state_dict(), "epoch": history[-1]["epoch"],
              "history": json.dumps(history), "sample": sample}
+    head = projection_head(worker.network)
+    if head is not None:  # training's own: resumed with the model, never saved in model.pt
+        state["head"] = head.state_dict()
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

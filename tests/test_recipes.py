@@ -1,4 +1,4 @@
-"""Training recipes: code width, input corruption, shift consistency, IDEC cluster refinement."""
+"""Training recipes: code width, input corruption, the contrastive term, IDEC cluster refinement."""
 
 import pytest
 import torch
@@ -11,9 +11,12 @@ from pipelines.train import (
     autoencoder_loss,
     batch_loss,
     build_optimizer,
+    contrastive_loss,
     corrupt_images,
+    crop_views,
     initial_model,
     patch_mask,
+    projection_head,
     soft_assignment,
     target_distribution,
     train_epoch,
@@ -80,7 +83,7 @@ def test_the_corrupted_loss_is_against_the_clean_image():
 
     class Identity(torch.nn.Module):
         def forward(self, x):
-            return x, x.flatten(1), None
+            return x, x.flatten(1), None, x.flatten(1)
 
     torch.manual_seed(3)
     batch = images(4)
@@ -94,19 +97,106 @@ def test_the_corrupted_loss_is_against_the_clean_image():
     assert loss.item() > 0.01
 
 
-def test_the_consistency_term_is_zero_for_a_shift_invariant_code_and_counts_otherwise():
-    class Invariant(torch.nn.Module):
-        def forward(self, x):
-            return x, x.sum((1, 2, 3))[:, None].clamp_min(1.0).repeat(1, 3), None  # pixel sums: shifts keep them...
+def test_nt_xent_is_low_for_matching_views_high_for_swapped_pairs_and_is_simclrs_formula():
+    torch.manual_seed(5)
+    codes = torch.randn(16, 32)
+    views = codes + 0.01 * torch.randn(16, 32)
+    swapped = codes.roll(1, 0)  # each view paired with another image's
+    assert contrastive_loss(codes, views, 0.1).item() < 0.1
+    assert contrastive_loss(codes, swapped, 0.1).item() > 5
+    assert contrastive_loss(codes, views).item() < contrastive_loss(codes, swapped).item() - 1  # at 0.5 too
+    first, second, tau = torch.randn(3, 4), torch.randn(3, 4), 0.5
+    z = torch.nn.functional.normalize(torch.cat([first, second]), dim=1)
+    similarity = z @ z.T / tau
+    terms = [-similarity[i, (i + 3) % 6] + torch.logsumexp(similarity[i][torch.arange(6) != i], 0) for i in range(6)]
+    assert contrastive_loss(first, second, tau).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
 
-    batch = torch.zeros(4, 28, 28, dtype=torch.uint8)
-    batch[:, 10:18, 10:18] = 200  # ...while the object stays inside the image
-    assert autoencoder_loss(Invariant(), batch, Recipe(consistency=1.0)).item() == pytest.approx(0.0, abs=1e-6)
-    network = training_network(Autoencoder(ModelSpec(code_dim=16)), "autoencoder")
-    torch.manual_seed(5)
-    with_term = autoencoder_loss(network, batch, Recipe(consistency=10.0)).item()
-    torch.manual_seed(5)
-    assert with_term > autoencoder_loss(network, batch, Recipe(consistency=0.0)).item()
+
+def test_nt_xent_pushes_the_codes_of_different_images_apart():
+    """Four images whose codes nearly coincide (the start of a collapse): gradient steps on the
+    contrastive term spread them, while each image's two views stay together."""
+    torch.manual_seed(6)
+    codes = (torch.ones(4, 8) + 0.1 * torch.randn(4, 8)).requires_grad_()
+    noise = 0.01 * torch.randn(4, 8)
+    optimizer = torch.optim.SGD([codes], lr=1.0)
+
+    def mean_cosine_between_images():
+        z = torch.nn.functional.normalize(codes.detach(), dim=1)
+        return (z @ z.T)[~torch.eye(4, dtype=torch.bool)].mean().item()
+
+    before = mean_cosine_between_images()
+    for _ in range(20):
+        optimizer.zero_grad()
+        contrastive_loss(codes, codes + noise).backward()
+        optimizer.step()
+    assert mean_cosine_between_images() < before - 0.3
+    views = torch.nn.functional.cosine_similarity(codes.detach(), codes.detach() + noise)
+    assert (views > 0.99).all()
+
+
+def test_crop_views_keep_shape_and_range_on_the_device_and_repeat_with_their_seed():
+    inputs = images(6)[:, None].float() / 255
+    for scale, jitter in [(0.7, 0.0), (0.2, 0.5)]:
+        view = crop_views(inputs, scale, jitter, torch.Generator().manual_seed(1))
+        assert view.shape == inputs.shape and view.dtype == inputs.dtype and view.device == inputs.device
+        assert view.min() >= 0 and view.max() <= 1
+        assert torch.equal(view, crop_views(inputs, scale, jitter, torch.Generator().manual_seed(1)))
+        assert not torch.equal(view, crop_views(inputs, scale, jitter, torch.Generator().manual_seed(2)))
+    faces = torch.rand(3, 1, 64, 64)
+    assert crop_views(faces).shape == (3, 1, 64, 64)
+
+
+def test_a_full_size_crop_is_the_image_or_its_mirror_about_half_of_the_time(monkeypatch):
+    from pipelines import train
+
+    monkeypatch.setattr(train, "CROP_RATIO", (1.0, 1.0))
+    inputs = torch.rand(64, 1, 28, 28)
+    view = crop_views(inputs, 1.0, 0.0, torch.Generator().manual_seed(3))
+    same = (view - inputs).abs().flatten(1).amax(1) < 1e-5
+    mirrored = (view - inputs.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+    assert (same ^ mirrored).all() and 16 < mirrored.sum() < 48
+
+
+def test_a_crop_zooms_in_on_part_of_the_image_and_jitter_changes_the_contrast():
+    inputs = torch.zeros(64, 1, 28, 28)
+    inputs[:, :, 13:15, :] = 1.0  # a horizontal bar across, 2 rows thick: a crop (0.3-1 of the area) makes it thicker
+    thickness = crop_views(inputs, 0.3, 0.0, torch.Generator().manual_seed(4)).sum((1, 2, 3)) / inputs.sum((1, 2, 3))
+    assert thickness.min() > 0.99 and thickness.mean() > 1.2
+    gray = torch.full((64, 1, 28, 28), 0.5)
+    gray[:, :, :, :14] = 0.25
+    jittered = crop_views(gray, 1.0, 0.4, torch.Generator().manual_seed(5))
+    spread = jittered.amax((1, 2, 3)) - jittered.amin((1, 2, 3))  # 0.25 unjittered
+    assert spread.min() < 0.2 and spread.max() > 0.3
+
+
+def test_the_contrastive_option_reaches_the_loss_and_its_head_stays_out_of_the_model(tmp_path):
+    config = TrainConfig(contrastive=0.5, temperature=0.2, code_dim=16, projection_dim=8)
+    recipe = Recipe.of(config)
+    assert (recipe.contrastive, recipe.temperature, recipe.projection) == (0.5, 0.2, 8)
+    assert Recipe.of(TrainConfig(projection_dim=8)) == PLAIN  # the head is the contrastive term's only
+    torch.manual_seed(0)
+    model = Autoencoder(ModelSpec(code_dim=16))
+    network = training_network(model, "autoencoder", projection=recipe.projection)
+    head = projection_head(network)
+    assert head is not None and head(torch.zeros(2, 16)).shape == (2, 8)
+    assert projection_head(training_network(model, "autoencoder")) is None
+    batch = images(8)
+    torch.manual_seed(7)
+    loss = autoencoder_loss(network, batch, recipe)
+    torch.manual_seed(7)
+    clean = batch[:, None].float() / 255
+    views = torch.cat([crop_views(clean), crop_views(clean)])  # the defaults: view_scale 0.7, no jitter
+    reconstructions, _, _, projections = network(views)
+    expected = torch.nn.functional.mse_loss(reconstructions, views) + 0.5 * contrastive_loss(*projections.chunk(2), 0.2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    optimizer, _ = build_optimizer(network, config)
+    before = head[0].weight.detach().clone()
+    train_epoch(network, [{"image": batch}], optimizer, "autoencoder", recipe=recipe)
+    assert not torch.equal(before, head[0].weight)  # the head trains with the network
+    save_model(tmp_path / "model.pt", model)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    assert set(saved) == set(Autoencoder(ModelSpec(code_dim=16)).state_dict())  # no head in the model file
 
 
 def test_soft_assignment_and_target_distribution_match_their_formulas():
@@ -154,6 +244,10 @@ def test_recipe_options_are_checked():
         TrainConfig(clusters=10)
     with pytest.raises(ValueError, match="autoencoder only"):
         TrainConfig(mode="classifier", corrupt="mask")
+    with pytest.raises(ValueError, match="autoencoder only"):
+        TrainConfig(mode="classifier", contrastive=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        TrainConfig(contrastive=1.0, temperature=0.0)
     assert TrainConfig(corrupt="mask").corruption_level == 0.5
     assert Recipe.of(TrainConfig(corrupt="gaussian", corrupt_level=0.3)).level == 0.3
     assert Recipe.of(TrainConfig()) == PLAIN
@@ -161,14 +255,14 @@ def test_recipe_options_are_checked():
 
 def test_recipes_run_through_ray_train_and_refinement_continues_the_run(ray_session, tmp_path):
     """One Ray Train run of two workers (DDP over the centroids too) with every option at once:
-    IDEC refinement of a 16-d autoencoder, masked inputs and the shift-consistency term."""
+    IDEC refinement of a 16-d autoencoder, masked inputs and the contrastive term (its head too)."""
     from pipelines.config import DataConfig
     from pipelines.train import train
 
     torch.manual_seed(0)
     save_model(tmp_path / "narrow" / "model.pt", Autoencoder(ModelSpec(code_dim=16)), mode="autoencoder")
     config = TrainConfig(epochs=1, workers=2, code_dim=16, clusters=4, init_from=str(tmp_path / "narrow"),
-                         corrupt="mask", consistency=0.5)
+                         corrupt="mask", contrastive=0.5)
     refined = train(DataConfig(limit=256), config, tmp_path / "refined")
     model, _ = load_model(refined.run_dir)
     assert model.spec.code_dim == 16 and model.encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 16)
