@@ -413,7 +413,9 @@ def opened_image(path: str):
     if not path.lower().endswith(IMAGE_SUFFIXES):
         raise DataError(f"{path}: not an image file (suffix not one of {' '.join(IMAGE_SUFFIXES)})")
     try:
-        with Image.open(path) as image:
+        # The file object, not its name: given a name, PIL opens raw PGM/PPM files (ORL's faces) a
+        # second time to memory-map their pixels.
+        with open(path, "rb") as file, Image.open(file) as image:
             yield image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if not os.path.exists(path):

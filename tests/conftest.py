@@ -98,7 +98,9 @@ def file_opens():
         fd = libc.inotify_init1(os.O_NONBLOCK)
         assert fd >= 0, f"inotify_init1 failed: errno {ctypes.get_errno()}"
         # IN_OPEN | IN_CLOSE_NOWRITE: with the closes between them, two opens of a file in a row
-        # are two events (identical events in a row are coalesced into one)
+        # are two events (identical events in a row are coalesced into one); nested opens (open,
+        # open, close, close) still merge unless another file's event falls between them, so
+        # test_data.py counts the decode's own opens
         folders = {libc.inotify_add_watch(fd, str(path).encode(), 0x20 | 0x10): path
                    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]}
         opens: collections.Counter = collections.Counter()

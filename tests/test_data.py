@@ -14,6 +14,7 @@ from pipelines.data import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
     DataError,
+    decode_image,
     fashion_mnist_arrays,
     load_images,
     read_idx,
@@ -44,6 +45,23 @@ def test_labels_file_given_as_images_is_refused(fashion_mnist_dir, tmp_path):
         fashion_mnist_arrays("test", str(tmp_path))
     with pytest.raises(DataError, match="expected an IDX labels file"):
         read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", IDX_LABELS_MAGIC)
+
+
+def test_decoding_an_image_opens_its_file_once(faces_dir, tmp_path, monkeypatch):
+    """Given a file's name, PIL opens a raw PGM (the ORL faces) twice, the second time to memory-
+    map it; the inotify count of the stage tests cannot always tell (identical events in a row
+    are merged), so the decode's own opens are counted here."""
+    import builtins
+
+    from PIL import Image
+
+    png = tmp_path / "face.png"
+    Image.open(faces_dir / "s1" / "1.pgm").save(png)
+    opened, real_open = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, *args, **kwargs: opened.append(str(file)) or real_open(file, *args, **kwargs))
+    for path in (str(faces_dir / "s1" / "1.pgm"), str(png)):
+        assert decode_image(path, 28, 28, "L").shape == (28, 28)
+    assert opened == [str(faces_dir / "s1" / "1.pgm"), str(png)]
 
 
 def test_fashion_mnist_source_schema_and_ids(ray_session):
