@@ -323,3 +323,15 @@ def test_the_transfer_arms_start_from_the_right_models_and_a_rerun_trains_nothin
     with pytest.raises(FileNotFoundError):  # only the probe retrains (here: not at all, so its model is missing)
         recipes.transfer(args, data)
     assert [config.freeze_encoder for config in trained] == [True]
+
+
+def test_the_recipe_search_scores_faces_without_the_ten_class_head():
+    """40 people's labels: the held-out MSE, and no accuracy of the 10-output head (it used to fail)."""
+    import math
+
+    from benchmarks.recipes import held_out
+
+    model = Autoencoder().eval()
+    mse, accuracy = held_out(model, images(40).numpy(), torch.arange(40).numpy())
+    assert mse > 0 and math.isnan(accuracy)
+    assert not math.isnan(held_out(model, images(40).numpy(), (torch.arange(40) % 10).numpy())[1])
