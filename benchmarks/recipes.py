@@ -40,6 +40,7 @@ RECIPES = {  # name: TrainConfig options; refine: IDEC refinement of that recipe
     "simclr-s0.1-j0.6-b256": {"contrastive": 1.0, "view_scale": 0.1, "view_jitter": 0.6, "batch_size": 256},
     "simclr-s0.2-j0.4": {"contrastive": 1.0, "view_scale": 0.2, "view_jitter": 0.4},
     "simclr-s0.2-j0.4-b64": {"contrastive": 1.0, "view_scale": 0.2, "view_jitter": 0.4, "batch_size": 64},
+    "seed-b64-lr5e-4": {"batch_size": 64, "lr": 5e-4},  # the control of the two below
     "simclr-b64-lr5e-4": {"contrastive": 1.0, "batch_size": 64, "lr": 5e-4},
     "simclr-s0.2-j0.4-b64-lr5e-4": {"contrastive": 1.0, "view_scale": 0.2, "view_jitter": 0.4, "batch_size": 64,
                                     "lr": 5e-4},
