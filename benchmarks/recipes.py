@@ -2,6 +2,7 @@
 
     python -m benchmarks.recipes --data fashion [--images 10000] [--epochs 5] [--recipes seed,mask,...]
     python -m benchmarks.recipes --data faces [--epochs 30]
+    python -m benchmarks.recipes --umap-seeds 3 --epochs 20 --recipes pixels,seed  (the models left, through UMAP)
     python -m benchmarks.recipes --transfer [--images 10000] [--first-epochs 16] [--then-epochs 4]  (see transfer)
 
 A plain PyTorch loop (no Ray: the public steps of ``pipelines.train``, as each Ray Train worker
@@ -104,6 +105,26 @@ def kmeans_scores_both(X: np.ndarray, labels: np.ndarray, k: int, seeds: int) ->
     return kmeans_scores(X, labels, k, seeds) | {f"{m}_l2": v for m, v in kmeans_scores(unit, labels, k, seeds).items()}
 
 
+def umap_across_seeds(name: str, args, data) -> dict:
+    """N2D's step on the models ``name`` left for AE seeds 0 .. ``--umap-seeds``-1 (or the pixels):
+    the test codes through UMAP 10 (20 neighbours, min_dist 0), KMeans; mean scores over the AE
+    seeds, and the ARI across them (every pair of partitions, point by point)."""
+    from pipelines.measures import class_agreement, cross_model_agreement
+    from pipelines.model import load_model
+    from pipelines.train import encode
+    from pipelines.transforms import apply_transform, fit_seeds
+
+    test_images, labels, k = data[1:4]
+    pixels = test_images.reshape(len(test_images), -1).astype(np.float32) / 255
+    codes = [pixels] if name == "pixels" else [encode(load_model(OUT / f"{args.data}-{name}-e{args.epochs}-s{seed}.pt")[0],
+                                                      test_images).numpy() for seed in range(args.umap_seeds)]
+    partitions = [fit_seeds(apply_transform(X, ["umap"]), k, args.seeds)[1] for X in codes]
+    runs = [class_agreement(labels, p) for seeds in partitions for p in seeds]
+    across = cross_model_agreement(partitions)["mean"] if len(partitions) > 1 else float("nan")
+    return {"recipe": f"{name}, UMAP 10", "data": args.data, "epochs": args.epochs, "ae_seeds": len(codes),
+            **{m: float(np.mean([r[m] for r in runs])) for m in ("acc", "nmi", "ari")}, "ari_across_ae_seeds": across}
+
+
 def held_out(model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(reconstruction MSE, the classifier head's accuracy or NaN where ``labels`` outnumber its classes) on
     ``images``, by training's evaluation step."""
@@ -193,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="KMeans seeds (default 3)")
     parser.add_argument("--ae-seed", type=int, default=0, help="the autoencoder's seed (default 0)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--umap-seeds", type=int, default=0, help="N: instead of training, the models left for AE seeds "
+                        "0..N-1 through UMAP 10 + KMeans, with the ARI across them")
     parser.add_argument("--transfer", action="store_true", help="the transfer experiment (Fashion-MNIST)")
     parser.add_argument("--first-epochs", type=int, default=16, help="transfer: N, the first stage (default 16)")
     parser.add_argument("--then-epochs", type=int, default=4, help="transfer: M, the second stage (default 4)")
@@ -202,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     data = fashion(args.images) if args.data == "fashion" else faces()
-    rows = transfer(args, data) if args.transfer else (measure(name, args, data) for name in args.recipes.split(","))
+    score = umap_across_seeds if args.umap_seeds else measure
+    rows = transfer(args, data) if args.transfer else (score(name, args, data) for name in args.recipes.split(","))
     for row in rows:
         with open(OUT / f"{args.data}{'-transfer' * args.transfer}.jsonl", "a") as log:
             log.write(json.dumps(row) + "\n")

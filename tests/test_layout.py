@@ -12,7 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LONGEST_FUNCTION = 60
-BENCHMARK_LINES = 1500  # the benchmarks measure; one-off investigations are retired once recorded
+# The benchmarks measure; one-off investigations are retired once recorded. 1,600 while issue 13's
+# recipe search is open: RESULTS.md's commands name its recipes, which stay runnable until then.
+BENCHMARK_LINES = 1600
 
 
 def modules_loaded_by(code: str) -> set[str]:
