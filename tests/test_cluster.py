@@ -56,8 +56,21 @@ def local_cluster():
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{dashboard_port}", env
     finally:
-        subprocess.run(["pkill", "-f", temp_dir], check=False)
+        stop_processes_of(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_processes_of(temp_dir: str, grace: float = 10.0) -> None:
+    """This cluster's processes only (``ray stop`` would stop every Ray on the machine): SIGTERM,
+    then SIGKILL for those still there after ``grace`` seconds (the head's gcs_server outlived a
+    SIGTERM)."""
+    subprocess.run(["pkill", "-f", temp_dir], check=False)
+    deadline = time.monotonic() + grace
+    while subprocess.run(["pgrep", "-f", temp_dir], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
+            return
+        time.sleep(0.5)
 
 
 @pytest.mark.cluster
