@@ -92,10 +92,16 @@ def train_plain(config, spec, train_images: np.ndarray, images_for_centroids=Non
 
 
 def kmeans_scores(X: np.ndarray, labels: np.ndarray, k: int, seeds: int) -> dict:
-    from pipelines.measures import class_agreement
-    from pipelines.transforms import fit_clusters
+    from pipelines.transforms import fit_seeds
 
-    runs = [class_agreement(labels, fit_clusters(X, k, seed)) for seed in range(seeds)]
+    return mean_scores(labels, fit_seeds(X, k, seeds)[1])
+
+
+def mean_scores(labels: np.ndarray, partitions) -> dict:
+    """ACC / NMI / ARI against ``labels``, the mean over ``partitions`` (one labeling per row)."""
+    from pipelines.measures import class_agreement
+
+    runs = [class_agreement(labels, partition) for partition in partitions]
     return {m: float(np.mean([r[m] for r in runs])) for m in ("acc", "nmi", "ari")}
 
 
@@ -109,7 +115,7 @@ def umap_across_seeds(name: str, args, data) -> dict:
     """N2D's step on the models ``name`` left for AE seeds 0 .. ``--umap-seeds``-1 (or the pixels):
     the test codes through UMAP 10 (20 neighbours, min_dist 0), KMeans; mean scores over the AE
     seeds, and the ARI across them (every pair of partitions, point by point)."""
-    from pipelines.measures import class_agreement, cross_model_agreement
+    from pipelines.measures import cross_model_agreement
     from pipelines.model import load_model
     from pipelines.train import encode
     from pipelines.transforms import apply_transform, fit_seeds
@@ -119,10 +125,9 @@ def umap_across_seeds(name: str, args, data) -> dict:
     codes = [pixels] if name == "pixels" else [encode(load_model(OUT / f"{args.data}-{name}-e{args.epochs}-s{seed}.pt")[0],
                                                       test_images).numpy() for seed in range(args.umap_seeds)]
     partitions = [fit_seeds(apply_transform(X, ["umap"]), k, args.seeds)[1] for X in codes]
-    runs = [class_agreement(labels, p) for seeds in partitions for p in seeds]
     across = cross_model_agreement(partitions)["mean"] if len(partitions) > 1 else float("nan")
     return {"recipe": f"{name}, UMAP 10", "data": args.data, "epochs": args.epochs, "ae_seeds": len(codes),
-            **{m: float(np.mean([r[m] for r in runs])) for m in ("acc", "nmi", "ari")}, "ari_across_ae_seeds": across}
+            **mean_scores(labels, np.concatenate(partitions)), "ari_across_ae_seeds": across}
 
 
 def held_out(model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
