@@ -38,7 +38,7 @@ from pipelines.transforms import fit_clusters
 
 RESULTS = REPO / "RESULTS.md"
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
-PRESETS = ()  # the recipes make quality measures beside the seed's (configs/*.toml)
+PRESETS = ("fashion-mnist-contrastive",)  # the recipes make quality measures beside the seed's (configs/*.toml)
 DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces" / "att_faces"
 
 
@@ -73,11 +73,11 @@ class DataSet:
 
 
 def with_preset(dataset: DataSet, preset: str) -> DataSet:
-    """``dataset`` trained with the [train] options of ``configs/<preset>.toml``, its epochs excepted
-    (every recipe gets --ae-epochs); its rows are named "AE <preset>, ...", the pixel rows left out."""
+    """``dataset`` trained with the [train] options of ``configs/<preset>.toml``, its epochs included
+    (a recipe is measured as it ships); its rows are named "AE <preset>, ...", the pixel rows left out."""
     from pipelines.pipeline import load_config_file, preset_path
 
-    options = {k: v for k, v in load_config_file(preset_path(preset)).get("train", {}).items() if k != "epochs"}
+    options = load_config_file(preset_path(preset)).get("train", {})
     return replace(dataset, train=replace(dataset.train, **options), recipe=preset)
 
 
@@ -107,7 +107,7 @@ def cluster(X: np.ndarray, recipe: Recipe, k: int, seeds: int, transformed: dict
     key = (id(X), recipe.transform)
     if key not in transformed:
         started = time.perf_counter()
-        transformed[key] = transform_points(X, config), time.perf_counter() - started
+        transformed[key] = transform_points(X, config)[1], time.perf_counter() - started
     points, transform_seconds = transformed[key]
     started = time.perf_counter()
     labels = np.stack([fit_clusters(points, k, seed, config.clusterer, config.gmm_covariance) for seed in range(seeds)])
@@ -199,23 +199,28 @@ def write_results(sections: list[tuple[DataSet, pd.DataFrame]], args) -> None:
                f"--face-epochs {args.face_epochs} --seeds {args.seeds} --other-seeds {args.other_seeds}"
                + f" --presets '{','.join(args.presets)}'" + (" --no-faces" if args.no_faces else "") + (f" --limit {args.limit}" if args.limit else ""))
     body = [BEGIN, "", machine_markdown(machine()), f"Command: `{command}`", ""]
-    for dataset, table in sections:
-        body += [f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {dataset.train.epochs} epochs, "
+    for dataset, table, trainings in sections:
+        body += [f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {trainings}, "
                  f"{args.seeds} clusterer seeds)", "", markdown(table)]
     body.append(END)
+    if args.limit:  # a quick check is shown, never recorded
+        print("\n".join(body), flush=True)
+        return
     text = RESULTS.read_text() if RESULTS.exists() else f"# Cluster quality\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         raise RuntimeError(f"{RESULTS} lacks the markers {BEGIN} / {END} that delimit the generated tables")
     head, rest = text.split(BEGIN, 1)
     RESULTS.write_text(head + "\n".join(body) + rest.split(END, 1)[1])
-    for dataset, table in sections:
+    print(f"[quality] tables written to {RESULTS}", flush=True)
+    for dataset, table, _ in sections:
         table.to_csv(args.out / f"{dataset.name.lower().replace(' ', '-')}.csv", index=False)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ae-seeds", type=int, default=3, help="autoencoders trained per data set (default 3)")
-    parser.add_argument("--ae-epochs", type=int, default=2, help="epochs of each Fashion-MNIST autoencoder (default 2)")
+    parser.add_argument("--ae-epochs", type=int, default=2,
+                        help="epochs of each seed Fashion-MNIST autoencoder (default 2; a preset trains its own)")
     parser.add_argument("--face-epochs", type=int, default=30, help="epochs of each faces autoencoder (default 30)")
     parser.add_argument("--seeds", type=int, default=10, help="clusterer seeds on the first autoencoder (default 10)")
     parser.add_argument("--other-seeds", type=int, default=3,
@@ -232,21 +237,24 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_faces and not args.faces_dir.is_dir():
         parser.error(f"--faces-dir {args.faces_dir} is not a folder (or pass --no-faces)")
 
+    try:
+        datasets = [fashion_mnist(args), *[with_preset(fashion_mnist(args), p) for p in args.presets]]
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(f"--presets: {error}")
+    datasets += [] if args.no_faces else [orl_faces(args)]
     from pipelines.runtime import init_ray
 
     init_ray()
-    datasets = [fashion_mnist(args), *[with_preset(fashion_mnist(args), p) for p in args.presets]]
-    datasets += [] if args.no_faces else [orl_faces(args)]
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     for dataset in datasets:  # written after each data set: a long run keeps what it finished
-        table = quality_table(dataset, args)
+        table, trainings = quality_table(dataset, args), f"{dataset.train.epochs} epochs"
         if dataset.recipe:  # a recipe's rows join its data set's table
-            dataset, rows = sections.pop()
-            table = pd.concat([rows, table], ignore_index=True)
-        sections.append((dataset, table))
+            trainings = f"{dataset.recipe} x {trainings}"
+            dataset, rows, seed_trainings = sections.pop()
+            table, trainings = pd.concat([rows, table], ignore_index=True), f"{seed_trainings}; {trainings}"
+        sections.append((dataset, table, trainings))
         write_results(sections, args)
-        print(f"[quality] {dataset.name}: table written to {RESULTS}", flush=True)
 
 
 if __name__ == "__main__":

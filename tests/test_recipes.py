@@ -1,5 +1,6 @@
 """Training recipes: code width, input corruption, the contrastive term, IDEC cluster refinement."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -335,3 +336,20 @@ def test_the_recipe_search_scores_faces_without_the_ten_class_head():
     mse, accuracy = held_out(model, images(40).numpy(), torch.arange(40).numpy())
     assert mse > 0 and math.isnan(accuracy)
     assert not math.isnan(held_out(model, images(40).numpy(), (torch.arange(40) % 10).numpy())[1])
+
+
+def test_make_quality_clusters_each_recipe_and_fits_each_transform_once():
+    """Two well-separated blobs: the recipes of ``make quality`` find them, with the seeds they were
+    asked for; the recipes sharing a transform share one fit (its time counts in each)."""
+    from benchmarks.quality import RECIPES, cluster, scores
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (60, 64)), rng.normal(8, 1, (60, 64))]).astype(np.float32)
+    classes = np.repeat([0, 1], 60)
+    transformed = {}
+    for recipe in RECIPES:
+        labels, seconds = cluster(X, recipe, 2, 3, transformed)
+        assert labels.shape == (3, 120) and seconds > 0
+        if recipe.transform != "pca-whiten":  # whitening scales the one separating direction to the noise's
+            assert scores(labels, classes, None)["acc_all"] == 1.0, recipe.name
+    assert len(transformed) == len({recipe.transform for recipe in RECIPES})
