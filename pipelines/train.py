@@ -444,9 +444,14 @@ def restore(worker: Worker, config: TrainConfig) -> tuple[int, list[dict]]:
         return 0, []
     with checkpoint.as_directory() as folder:
         state = torch_load(Path(folder) / STATE_FILE)
+    head = projection_head(worker.network)
+    if ("head" in state) != (head is not None):  # the optimizer's parameters differ too: no resume
+        raise ValueError(f"the checkpoint was trained {'with' if 'head' in state else 'without'} a projection "
+                         f"head (--contrastive, --projection-dim) and this run {'has' if head else 'has none'}; "
+                         "train the changed recipe into a new run directory")
     worker.model.load_state_dict(state["model"])
-    if "head" in state:
-        projection_head(worker.network).load_state_dict(state["head"])
+    if head is not None:
+        head.load_state_dict(state["head"])
     worker.optimizer.load_state_dict(state["optimizer"])
     worker.scheduler.load_state_dict(state["scheduler"])
     if worker.rank == 0:

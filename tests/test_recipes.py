@@ -18,10 +18,12 @@ from pipelines.train import (
     initial_model,
     patch_mask,
     projection_head,
+    restore,
     soft_assignment,
     target_distribution,
     train_epoch,
     training_network,
+    Worker,
 )
 
 
@@ -353,3 +355,29 @@ def test_make_quality_clusters_each_recipe_and_fits_each_transform_once():
         if recipe.transform != "pca-whiten":  # whitening scales the one separating direction to the noise's
             assert scores(labels, classes, None)["acc_all"] == 1.0, recipe.name
     assert len(transformed) == len({recipe.transform for recipe in RECIPES})
+
+
+def test_a_checkpoint_resumes_only_into_the_recipe_it_was_trained_with(tmp_path, monkeypatch):
+    """A projection head's checkpoint resumes with its head; into a run without one (or the
+    reverse) it is refused by name: the optimizer's parameters would not match either."""
+    import ray.train
+
+    from pipelines.train import STATE_FILE
+
+    def worker(config):
+        model = Autoencoder(ModelSpec(code_dim=16))
+        network = training_network(model, "autoencoder", projection=Recipe.of(config).projection)
+        optimizer, scheduler = build_optimizer(network, config, 1)
+        return Worker(model, network, optimizer, scheduler, 0, 1, torch.device("cpu"))
+
+    contrastive = TrainConfig(contrastive=1.0, code_dim=16, projection_dim=8)
+    trained = worker(contrastive)
+    torch.save({"model": trained.model.state_dict(), "head": projection_head(trained.network).state_dict(),
+                "optimizer": trained.optimizer.state_dict(), "scheduler": trained.scheduler.state_dict(),
+                "epoch": 3, "history": "[]"}, tmp_path / STATE_FILE)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(tmp_path)))
+    resumed = worker(contrastive)
+    assert restore(resumed, contrastive) == (3, [])
+    assert fingerprint(projection_head(resumed.network)) == fingerprint(projection_head(trained.network))
+    with pytest.raises(ValueError, match="trained with a projection head"):
+        restore(worker(TrainConfig(code_dim=16)), TrainConfig(code_dim=16))
