@@ -582,6 +582,17 @@ def run_epoch(worker: Worker, batches: ShardBatches, epoch: int, config: TrainCo
     }
 
 
+def training_state(worker: Worker, history: list[dict], sample: torch.Tensor | None) -> dict:
+    """What a checkpoint holds, and ``restore`` reads back."""
+    state = {"model": worker.model.state_dict(), "optimizer": worker.optimizer.state_dict(),
+             "scheduler": worker.scheduler.state_dict(), "epoch": history[-1]["epoch"],
+             "history": json.dumps(history), "sample": sample}
+    head = projection_head(worker.network)
+    if head is not None:  # training's own: resumed with the model, never saved in model.pt
+        state["head"] = head.state_dict()
+    return state
+
+
 def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict], sample: torch.Tensor | None) -> None:
     """Rank 0 writes the metrics and reports the checkpoint (with ``sample``, the first test images,
     so that the reconstructions figure decodes none again); the others report the metrics only."""
@@ -593,14 +604,8 @@ def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict], sample: 
         return
     print_progress(history[-1], plan.config)
     write_metrics(Path(plan.run_dir), history)
-    state = {"model": worker.model.state_dict(), "optimizer": worker.optimizer.state_dict(),
-             "scheduler": worker.scheduler.state_dict(), "epoch": history[-1]["epoch"],
-             "history": json.dumps(history), "sample": sample}
-    head = projection_head(worker.network)
-    if head is not None:  # training's own: resumed with the model, never saved in model.pt
-        state["head"] = head.state_dict()
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / STATE_FILE)
+        torch.save(training_state(worker, history, sample), Path(folder) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 

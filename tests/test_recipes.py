@@ -362,7 +362,7 @@ def test_a_checkpoint_resumes_only_into_the_recipe_it_was_trained_with(tmp_path,
     reverse) it is refused by name: the optimizer's parameters would not match either."""
     import ray.train
 
-    from pipelines.train import STATE_FILE
+    from pipelines.train import STATE_FILE, training_state
 
     def worker(config):
         model = Autoencoder(ModelSpec(code_dim=16))
@@ -372,12 +372,11 @@ def test_a_checkpoint_resumes_only_into_the_recipe_it_was_trained_with(tmp_path,
 
     contrastive = TrainConfig(contrastive=1.0, code_dim=16, projection_dim=8)
     trained = worker(contrastive)
-    torch.save({"model": trained.model.state_dict(), "head": projection_head(trained.network).state_dict(),
-                "optimizer": trained.optimizer.state_dict(), "scheduler": trained.scheduler.state_dict(),
-                "epoch": 3, "history": "[]"}, tmp_path / STATE_FILE)
+    history = [{"epoch": 3}]
+    torch.save(training_state(trained, history, None), tmp_path / STATE_FILE)
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(tmp_path)))
     resumed = worker(contrastive)
-    assert restore(resumed, contrastive) == (3, [])
+    assert restore(resumed, contrastive) == (3, history)
     assert fingerprint(projection_head(resumed.network)) == fingerprint(projection_head(trained.network))
     with pytest.raises(ValueError, match="trained with a projection head"):
         restore(worker(TrainConfig(code_dim=16)), TrainConfig(code_dim=16))
