@@ -17,7 +17,7 @@ their PCA. Per recipe:
 Models and feature tables land in runs/quality/ and a rerun reuses them (training resumes);
 the clustering is recomputed. The tables replace the part of RESULTS.md between its markers.
 
-    python -m benchmarks.quality [--ae-seeds 3] [--ae-epochs 2] [--seeds 10] [--no-faces]
+    python -m benchmarks.quality [--data fashion-mnist,orl-faces] [--ae-seeds 3] [--ae-epochs 2] [--seeds 10]
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from pipelines.measures import class_agreement, cross_model_agreement, pairwise_
 from pipelines.transforms import fit_clusters
 
 RESULTS = REPO / "RESULTS.md"
+DATA_NAMES = {"Fashion-MNIST": "fashion-mnist", "ORL faces": "orl-faces"}  # RESULTS.md's sections: --data
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
-PRESETS = ("fashion-mnist-contrastive",)  # the recipes make quality measures beside the seed's (configs/*.toml)
+PRESETS = ("fashion-mnist-idec", "orl-faces")  # the recipes make quality measures beside the seed's (configs/*.toml)
 DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces" / "att_faces"
 
 
@@ -72,13 +73,24 @@ class DataSet:
     recipe: str = ""  # a preset of configs/ whose [train] options the autoencoders take ("": the seed's)
 
 
-def with_preset(dataset: DataSet, preset: str) -> DataSet:
-    """``dataset`` trained with the [train] options of ``configs/<preset>.toml``, its epochs included
+def with_preset(dataset: DataSet, options: dict, preset: str) -> DataSet:
+    """``dataset`` trained with the [train] ``options`` of ``configs/<preset>.toml``, its epochs included
     (a recipe is measured as it ships); its rows are named "AE <preset>, ...", the pixel rows left out."""
+    return replace(dataset, train=replace(dataset.train, **options.get("train", {})), recipe=preset)
+
+
+def data_sets(args) -> list[DataSet]:
+    """The data sets of ``--data``, each followed by the presets that name its data (``[data]
+    dataset``: images for the faces)."""
     from pipelines.pipeline import load_config_file, preset_path
 
-    options = load_config_file(preset_path(preset)).get("train", {})
-    return replace(dataset, train=replace(dataset.train, **options), recipe=preset)
+    presets = {preset: load_config_file(preset_path(preset)) for preset in args.presets}
+    datasets = []
+    bases = {"fashion-mnist": (fashion_mnist, "fashion-mnist"), "orl-faces": (orl_faces, "images")}
+    for base, kind in [(bases[name][0](args), bases[name][1]) for name in DATA_NAMES.values() if name in args.data]:
+        datasets += [base] + [with_preset(base, options, preset) for preset, options in presets.items()
+                              if options.get("data", {}).get("dataset", "fashion-mnist") == kind]
+    return datasets
 
 
 def fashion_mnist(args) -> DataSet:
@@ -103,7 +115,7 @@ def cluster(X: np.ndarray, recipe: Recipe, k: int, seeds: int, transformed: dict
     minutes) and its time counts in every recipe that uses it."""
     from pipelines.sweep_scores import transform_points
 
-    config = StabilityConfig(transform=recipe.transform, clusterer=recipe.clusterer)
+    config = StabilityConfig(k=str(k), transform=recipe.transform, clusterer=recipe.clusterer)  # k: UMAP's neighbours
     key = (id(X), recipe.transform)
     if key not in transformed:
         started = time.perf_counter()
@@ -128,20 +140,27 @@ def scores(labels: np.ndarray, classes: np.ndarray, test: np.ndarray | None) -> 
 # --- models, tables and the table of results ------------------------------------------------------
 
 
-def prepare_models(dataset: DataSet, args) -> list:
-    """Train (or resume) one autoencoder per seed and extract its features of every image."""
+def prepare_models(dataset: DataSet, args) -> dict[str, list]:
+    """Train (or resume) one autoencoder per seed and extract its features of every image:
+    {row name's "AE ..." part: the tables, one per seed}; a refinement preset's pretrained
+    autoencoders (train/pretrain) are measured too, as "AE <preset> before refinement"."""
     from pipelines.extract import extract_features
     from pipelines.feature_table import read_features
+    from pipelines.rundir import PRETRAIN_DIR
     from pipelines.train import train
 
     folder = args.out / (dataset.name.lower().replace(" ", "-") + (f"-{dataset.recipe}" if dataset.recipe else ""))
-    tables = []
+    name = f"AE {dataset.recipe}" if dataset.recipe else "AE"
+    models = {name: ""} | ({f"{name} before refinement": PRETRAIN_DIR} if dataset.train.pretrain_epochs else {})
+    tables = {name: [] for name in models}
     for seed in range(args.ae_seeds):
-        run_dir, features = folder / f"ae-seed{seed}", folder / f"features-seed{seed}"
+        run_dir = folder / f"ae-seed{seed}"
         train(dataset.data, replace(dataset.train, seed=seed), run_dir)
-        if not features.exists():
-            extract_features(dataset.data, ExtractConfig(checkpoint=str(run_dir), split="all"), features)
-        tables.append(read_features(features))
+        for name, part in models.items():
+            features = folder / f"features-seed{seed}{'-' + part if part else ''}"
+            if not features.exists():
+                extract_features(dataset.data, ExtractConfig(checkpoint=str(run_dir / part), split="all"), features)
+            tables[name].append(read_features(features))
     return tables
 
 
@@ -156,23 +175,31 @@ def pixels_of(dataset: DataSet, ids: np.ndarray) -> np.ndarray:
     return np.stack([by_id[int(i)] for i in ids]).astype(np.float32) / 255.0
 
 
+def measured_recipes(dataset: DataSet, feature_sets: dict[str, list]) -> list[tuple[Recipe, list]]:
+    """Every row's recipe, with the feature tables it clusters: the pixels' rows (in the seed's
+    table only), then each set of features under every transform and clusterer."""
+    rows = [] if dataset.recipe else [(recipe, []) for recipe in RECIPES if recipe.source == "pixels"]
+    for name, tables in feature_sets.items():
+        rows += [(Recipe(recipe.name.replace("AE", name, 1), *astuple(recipe)[1:]), tables)
+                 for recipe in RECIPES if recipe.source == "features"]
+    return rows
+
+
 def quality_table(dataset: DataSet, args) -> pd.DataFrame:
-    tables = prepare_models(dataset, args)
-    reference = tables[0]
-    for table in tables[1:]:
-        if not np.array_equal(table.ids, reference.ids):
+    feature_sets = prepare_models(dataset, args)
+    reference = next(iter(feature_sets.values()))[0]
+    for tables in feature_sets.values():
+        if not all(np.array_equal(table.ids, reference.ids) for table in tables):
             raise RuntimeError(f"{dataset.name}: the autoencoders' feature tables hold different images")
     classes = reference.labels
     test = reference.ids >= dataset.test_ids_from if dataset.test_ids_from is not None else None
-    pixels = pixels_of(dataset, reference.ids)
+    pixels = None if dataset.recipe else pixels_of(dataset, reference.ids)
     rows, transformed = [], {}
-    for recipe in [r for r in RECIPES if not (dataset.recipe and r.source == "pixels")]:
-        if dataset.recipe:
-            recipe = Recipe(recipe.name.replace("AE", f"AE {dataset.recipe}", 1), *astuple(recipe)[1:])
-        X = pixels if recipe.source == "pixels" else reference.X
+    for recipe, tables in measured_recipes(dataset, feature_sets):
+        X = pixels if recipe.source == "pixels" else tables[0].X
         labels, seconds = cluster(X, recipe, dataset.k, args.seeds, transformed)
         row = {"recipe": recipe.name, **scores(labels, classes, test), "ae_seed_ari": float("nan"), "seconds": seconds}
-        if recipe.source == "features" and len(tables) > 1:
+        if len(tables) > 1:
             others = [cluster(table.X, recipe, dataset.k, args.other_seeds, transformed)[0] for table in tables[1:]]
             row["ae_seed_ari"] = cross_model_agreement([labels, *others], "ari")["mean"]
         print(f"[quality] {dataset.name}: {recipe.name}: ACC {row['acc_all']:.3f} NMI {row['nmi_all']:.3f} "
@@ -194,23 +221,39 @@ def markdown(table: pd.DataFrame) -> str:
     return header + "".join("| " + " | ".join(c.replace("nan", "–") for c in row) + " |\n" for row in cells)
 
 
-def write_results(sections: list[tuple[DataSet, pd.DataFrame]], args) -> None:
-    command = (f"python -m benchmarks.quality --ae-seeds {args.ae_seeds} --ae-epochs {args.ae_epochs} "
-               f"--face-epochs {args.face_epochs} --seeds {args.seeds} --other-seeds {args.other_seeds}"
-               + f" --presets '{','.join(args.presets)}'" + (" --no-faces" if args.no_faces else "") + (f" --limit {args.limit}" if args.limit else ""))
-    body = [BEGIN, "", machine_markdown(machine()), f"Command: `{command}`", ""]
-    for dataset, table, trainings in sections:
-        body += [f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {trainings}, "
-                 f"{args.seeds} clusterer seeds)", "", markdown(table)]
-    body.append(END)
+def section_text(dataset: DataSet, table: pd.DataFrame, trainings: str, args) -> str:
+    """One data set's part of RESULTS.md: its heading, the machine, the command, the table."""
+    command = (f"python -m benchmarks.quality --data {DATA_NAMES[dataset.name]} --ae-seeds {args.ae_seeds} "
+               + (f"--ae-epochs {args.ae_epochs} " if dataset.name == "Fashion-MNIST" else f"--face-epochs {args.face_epochs} ")
+               + f"--seeds {args.seeds} --other-seeds {args.other_seeds} --presets '{','.join(args.presets)}'"
+               + (f" --limit {args.limit}" if args.limit else ""))
+    return "\n".join([f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {trainings}, "
+                      f"{args.seeds} clusterer seeds)", "", machine_markdown(machine()), f"Command: `{command}`", "",
+                      markdown(table)])
+
+
+def merged_sections(generated: str, sections: dict[str, str]) -> str:
+    """The generated part of RESULTS.md with the data sets' ``sections`` ({name: text}) replaced
+    or added, in DATA_NAMES' order; a data set not measured now keeps its earlier section."""
+    kept = {}
+    for part in ("\n" + generated).split("\n### ")[1:]:
+        name = part.split(" (", 1)[0]
+        kept[name] = "### " + part.strip()
+    kept |= sections
+    return "\n\n".join(kept[name] for name in DATA_NAMES if name in kept)
+
+
+def write_results(sections: list[tuple[DataSet, pd.DataFrame, str]], args) -> None:
+    texts = {dataset.name: section_text(dataset, table, trainings, args) for dataset, table, trainings in sections}
     if args.limit:  # a quick check is shown, never recorded
-        print("\n".join(body), flush=True)
+        print("\n\n".join(texts.values()), flush=True)
         return
     text = RESULTS.read_text() if RESULTS.exists() else f"# Cluster quality\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         raise RuntimeError(f"{RESULTS} lacks the markers {BEGIN} / {END} that delimit the generated tables")
     head, rest = text.split(BEGIN, 1)
-    RESULTS.write_text(head + "\n".join(body) + rest.split(END, 1)[1])
+    generated, tail = rest.split(END, 1)
+    RESULTS.write_text(f"{head}{BEGIN}\n\n{merged_sections(generated, texts)}\n\n{END}{tail}")
     print(f"[quality] tables written to {RESULTS}", flush=True)
     for dataset, table, _ in sections:
         table.to_csv(args.out / f"{dataset.name.lower().replace(' ', '-')}.csv", index=False)
@@ -228,20 +271,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faces-dir", type=Path, default=Path(os.environ.get("FEATURELENS_FACES_DIR", DEFAULT_FACES)),
                         help="the ORL faces ($FEATURELENS_FACES_DIR, else ../shared/data/faces/att_faces)")
     parser.add_argument("--presets", type=lambda text: [p for p in text.split(",") if p], default=list(PRESETS),
-                        help=f"Fashion-MNIST recipes: presets of configs/ (default: {','.join(PRESETS) or 'none'}; '' for none)")
-    parser.add_argument("--no-faces", action="store_true", help="Fashion-MNIST only")
+                        help=f"recipes: presets of configs/, each measured on the data set it names "
+                             f"(default: {','.join(PRESETS) or 'none'}; '' for none)")
+    parser.add_argument("--data", type=lambda text: text.split(","), default=list(DATA_NAMES.values()),
+                        help=f"the data sets measured (default {','.join(DATA_NAMES.values())}); RESULTS.md keeps "
+                             "the others' sections")
     parser.add_argument("--limit", type=int, default=None,
                         help="Fashion-MNIST: the first N images of each split only (a quick check, not a result)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality", help="models and feature tables")
     args = parser.parse_args(argv)
-    if not args.no_faces and not args.faces_dir.is_dir():
-        parser.error(f"--faces-dir {args.faces_dir} is not a folder (or pass --no-faces)")
+    if unknown := set(args.data) - set(DATA_NAMES.values()):
+        parser.error(f"--data: unknown {', '.join(sorted(unknown))}; known: {', '.join(DATA_NAMES.values())}")
+    if "orl-faces" in args.data and not args.faces_dir.is_dir():
+        parser.error(f"--faces-dir {args.faces_dir} is not a folder (or pass --data fashion-mnist)")
 
     try:
-        datasets = [fashion_mnist(args), *[with_preset(fashion_mnist(args), p) for p in args.presets]]
+        datasets = data_sets(args)
     except (ValueError, FileNotFoundError) as error:
         parser.error(f"--presets: {error}")
-    datasets += [] if args.no_faces else [orl_faces(args)]
     from pipelines.runtime import init_ray
 
     init_ray()

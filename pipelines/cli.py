@@ -24,11 +24,13 @@ from pipelines import config as cfg
 
 Config = TypeVar("Config")
 
-# The choices of each option that has them: field name -> the tuple's name in pipelines.config
-# (shown in --help as {a,b}; a tuple not there yet is skipped, and its dataclass still checks).
+# The choices of each option that has them: field name (or Class.field, where one class's differ)
+# -> the tuple's name in pipelines.config (shown in --help as {a,b}; a tuple not there yet is
+# skipped, and its dataclass still checks).
 CHOICE_TUPLES = {
     "dataset": "DATASETS", "color": "IMAGE_MODES", "on_bad_image": "BAD_IMAGE_POLICIES", "mode": "TRAIN_MODES",
     "lr_schedule": "LR_SCHEDULES", "augment": "AUGMENTATIONS", "corrupt": "CORRUPTIONS", "split": "SPLITS",
+    "TrainConfig.split": "TRAIN_SPLITS", "cluster_init": "CLUSTER_INITS",
     "clusterer": "CLUSTERERS", "gmm_covariance": "GMM_COVARIANCES", "bootstrap": "BOOTSTRAP_PROTOCOLS",
     "method": "RECLUSTER_METHODS",
 }
@@ -100,8 +102,8 @@ def add_config_arguments(
             group.add_argument(flag, action="store_true", **common)
         elif kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif field.name in CHOICES:
-            group.add_argument(flag, choices=CHOICES[field.name], **common)
+        elif choices := CHOICES.get(f"{config_class.__name__}.{field.name}", CHOICES.get(field.name)):
+            group.add_argument(flag, choices=choices, **common)
         else:
             metavar = FIELD_METAVARS.get(field.name, METAVARS.get(kind, "TEXT"))
             group.add_argument(flag, type=kind, metavar=metavar, **common)

@@ -12,12 +12,14 @@ from typing import Any
 
 DATASETS = ("fashion-mnist", "images", "parquet")
 SPLITS = ("train", "test", "all")
+TRAIN_SPLITS = ("train", "all")
 IMAGE_MODES = ("L", "RGB")
 BAD_IMAGE_POLICIES = ("error", "skip")
 TRAIN_MODES = ("autoencoder", "classifier")
 LR_SCHEDULES = ("step", "cosine")
 AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
 CORRUPTIONS = ("none", "gaussian", "salt", "mask")
+CLUSTER_INITS = ("kmeans", "umap")
 CORRUPT_LEVELS = {"gaussian": 0.2, "salt": 0.2, "mask": 0.5}  # each corruption's default corrupt_level
 TRANSFORM_STEPS = ("standardize", "l2", "pca", "pca-whiten", "umap")
 CLUSTERERS = ("kmeans", "gmm")
@@ -95,6 +97,10 @@ class TrainConfig:
         "autoencoder", "autoencoder (MSE reconstruction) or classifier (cross-entropy on labels)"
     )
     epochs: int = opt(10, "epochs to train; a rerun of the same run directory resumes")
+    split: str = opt(
+        "train", "the images trained on: train (the test split held out for the test loss) or all (every image, "
+        "for a collection that is only to be clustered; cluster refinement learns the images it clusters best; "
+        "the test loss is then of images seen in training)")
     batch_size: int = opt(64, "global batch; each worker takes batch_size // workers")
     lr: float = opt(1e-3, "Adam learning rate of the autoencoder")
     classifier_lr: float | None = opt(
@@ -135,9 +141,16 @@ class TrainConfig:
         128, "contrastive: outputs of the projection head (Linear, ReLU, Linear; training's own, not saved in the "
         "model) that NT-Xent is taken on; the features stay the code before it. 0: on the code itself")
     clusters: int = opt(
-        0, "autoencoder: cluster refinement (IDEC) with this many centroids, initialised by KMeans of the codes "
-        "of the init_from model (its decoder too); 0: off")
+        0, "autoencoder: cluster refinement (IDEC) with this many centroids for `epochs` epochs, starting from "
+        "the init_from model (its decoder too) or from pretrain_epochs of the recipe's own; its loss is IDEC's: "
+        "reconstruction + cluster_weight x KL to the sharpened targets; 0: off")
     cluster_weight: float = opt(0.1, "cluster refinement: weight of the KL term beside reconstruction (IDEC's 0.1)")
+    cluster_init: str = opt(
+        "kmeans", "cluster refinement: where the centroids start: kmeans (IDEC's: KMeans of the codes) or umap "
+        "(N2D's partition: KMeans of the codes' UMAP 10 embedding, then each cluster's mean code)")
+    pretrain_epochs: int = opt(
+        0, "cluster refinement without init_from: first train this many epochs with the other options "
+        "(corrupt, contrastive; a run of its own in train/pretrain/), then refine from that model")
     workers: int = opt(2, "Ray Train workers (data-parallel)")
     cpus_per_worker: float | None = opt(
         None, "CPUs per worker; default: the cluster's CPUs less one for Ray Data, shared out"
@@ -165,6 +178,7 @@ class TrainConfig:
         check_choice("mode", self.mode, TRAIN_MODES)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("augment", self.augment, AUGMENTATIONS)
+        check_choice("split", self.split, TRAIN_SPLITS)
         for name in ("epochs", "batch_size", "workers", "lr_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -198,8 +212,18 @@ class TrainConfig:
                              f"{self.view_jitter}")
         if self.corrupt_level is not None and not 0.0 <= self.corrupt_level <= 1.0:
             raise ValueError(f"corrupt_level must be in [0, 1], got {self.corrupt_level}")
-        if self.clusters and not self.init_from:
-            raise ValueError("clusters (cluster refinement) starts from a trained autoencoder: set init_from")
+        check_choice("cluster_init", self.cluster_init, CLUSTER_INITS)
+        if self.pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+        if self.clusters and not (self.init_from or self.pretrain_epochs):
+            raise ValueError("clusters (cluster refinement) starts from a trained autoencoder: set init_from "
+                             "or pretrain_epochs")
+        if self.pretrain_epochs and (not self.clusters or self.init_from):
+            raise ValueError("pretrain_epochs trains the autoencoder that cluster refinement starts from: "
+                             "it needs clusters and no init_from")
+        if self.clusters and self.init_from and (self.corrupt != "none" or self.contrastive):
+            raise ValueError("cluster refinement trains IDEC's loss alone; corrupt and contrastive shape the "
+                             "autoencoder it starts from: set pretrain_epochs instead of init_from")
         if self.mode != "autoencoder" and (self.corrupt != "none" or self.contrastive or self.clusters):
             raise ValueError("corrupt, contrastive and clusters apply to mode autoencoder only")
 
@@ -286,7 +310,8 @@ class StabilityConfig:
     )
     pca_components: int = opt(50, "components kept by the pca and pca-whiten steps")
     umap_components: int = opt(10, "dimensions of the umap step's embedding (N2D: 10)")
-    umap_neighbors: int = opt(20, "neighbours of the umap step (N2D: 20)")
+    umap_neighbors: int = opt(20, "neighbours of the umap step (N2D: 20); fewer where the largest k leaves "
+                              "fewer rows a cluster (rows // k: a wider graph joins clusters)")
     umap_min_dist: float = opt(0.0, "min_dist of the umap step (N2D: 0)")
     clusterer: str = opt("kmeans", "kmeans, or gmm (a Gaussian mixture); n_init=1, the seeds are the repeats")
     gmm_covariance: str = opt("full", "covariance type of gmm: full, diag, tied or spherical")

@@ -36,7 +36,8 @@ from pipelines.measures import (
     seed_agreement_from_tables,
     subsample_indices,
 )
-from pipelines.transforms import FittedClusters, FittedTransform, fit_clusters, fit_seeds, fit_transform
+from pipelines.transforms import (FittedClusters, FittedTransform, fit_clusters, fit_seeds, fit_transform,
+                                  umap_neighbors_within)
 
 
 # Fixed seeds: every k is scored on the same silhouette sample and the same resamples, so that
@@ -229,9 +230,11 @@ def sweep_sequential(X: ArrayLike, config: StabilityConfig, classes: ArrayLike |
 
 
 def transform_points(X: np.ndarray, config: StabilityConfig) -> tuple[FittedTransform, NDArray[np.float32]]:
-    """The configured transform fitted on ``X``, and ``X`` through it (``X`` itself without one)."""
+    """The configured transform fitted on ``X``, and ``X`` through it (``X`` itself without one); UMAP
+    takes no more neighbours than the clusters of the largest k would hold."""
+    neighbors = umap_neighbors_within(len(X), max(config.k_values), config.umap_neighbors)
     return fit_transform(X, parse_transform(config.transform), pca_components=config.pca_components,
-                         umap_components=config.umap_components, umap_neighbors=config.umap_neighbors,
+                         umap_components=config.umap_components, umap_neighbors=neighbors,
                          umap_min_dist=config.umap_min_dist, seed=config.transform_seed)
 
 

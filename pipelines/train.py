@@ -23,7 +23,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import FolderDecode, ImageSource, failing_on_bad_images, load_images
 from pipelines.errors import ResourceError
 from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
-from pipelines.rundir import METRICS_FILE, MODEL_FILE, SKIPPED_IMAGES_FILE, STATE_FILE, read_metrics
+from pipelines.rundir import METRICS_FILE, MODEL_FILE, PRETRAIN_DIR, SKIPPED_IMAGES_FILE, STATE_FILE, read_metrics
 from pipelines.storage import write_text_atomic
 
 
@@ -735,7 +735,7 @@ def initial_model(spec: ModelSpec, config: TrainConfig, images=None) -> Autoenco
     if config.clusters:
         if images is None:
             raise ValueError("cluster refinement needs the training images to place its centroids")
-        init_centroids(model, images, config.seed)
+        init_centroids(model, images, config.seed, config.cluster_init)
     return model
 
 
@@ -748,13 +748,22 @@ def encode(model: Autoencoder, images, batch_size: int = 1024) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_centroids(model: Autoencoder, images, seed: int) -> None:
-    """IDEC's start: the model's centroids are KMeans's (10 starts) of the codes of ``images``."""
+def init_centroids(model: Autoencoder, images, seed: int, start: str = "kmeans") -> None:
+    """IDEC's start: the model's centroids are KMeans's (10 starts) of the codes of ``images``;
+    ``start`` umap: each cluster's mean code, the clusters KMeans's of the codes' UMAP embedding
+    (N2D's: 10 dimensions, min_dist 0, neighbours within a cluster's mean size)."""
     from sklearn.cluster import KMeans
 
-    codes = encode(model, images).numpy()
-    kmeans = KMeans(n_clusters=model.spec.clusters, n_init=10, random_state=seed).fit(codes)
-    model.centroids.copy_(torch.from_numpy(kmeans.cluster_centers_).float())
+    from pipelines.transforms import fit_transform, umap_neighbors_within
+
+    codes, k = encode(model, images).numpy(), model.spec.clusters
+    if start == "kmeans":
+        centroids = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(codes).cluster_centers_
+    else:
+        points = fit_transform(codes, ["umap"], umap_neighbors=umap_neighbors_within(len(codes), k), seed=seed)[1]
+        clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(points)
+        centroids = np.stack([codes[clusters == j].mean(0) for j in range(k)])
+    model.centroids.copy_(torch.from_numpy(centroids).float())
 
 
 def source_images(source: ImageSource) -> np.ndarray:
@@ -777,18 +786,21 @@ def worker_plan(config: TrainConfig, spec: ModelSpec, threads: int, run_dir: Pat
 
 
 def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainResult:
-    """Train into ``run_dir``; a rerun resumes after the last finished epoch (or does nothing)."""
+    """Train into ``run_dir``; a rerun resumes after the last finished epoch (or does nothing).
+    With ``pretrain_epochs``, the autoencoder that cluster refinement starts from is trained
+    first (:func:`pretrain`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from pipelines.runtime import bundles, fit_or_grow, releasing_resources
 
     run_dir = Path(run_dir).resolve()
+    config = pretrain(data, config, run_dir) if config.pretrain_epochs else config
     # A cluster too small now may grow: its autoscaler is asked for the workers and a CPU for Ray Data.
     cpus, threads = fit_or_grow(lambda cluster_cpus, cluster_gpus: plan_resources(config, cluster_cpus, cluster_gpus),
                                 [{"CPU": 1.0}, *bundles(config.workers, config.cpus_per_worker or 1.0,
                                                         config.gpus_per_worker)], config.resource_timeout)
-    train_source = load_images(data, "train")
+    train_source = load_images(data, config.split)
     test_source = load_images(data, "test")
     if config.mode == "classifier" and not train_source.class_names:
         raise ValueError(f"--mode classifier needs labels; {train_source.name} has none (a flat folder)")
@@ -832,6 +844,14 @@ def train(data: DataConfig, config: TrainConfig, run_dir: str | Path) -> TrainRe
     if data.on_bad_image == "skip":
         write_skipped_images(run_dir / SKIPPED_IMAGES_FILE, train_source.skipped + test_source.skipped)
     return finish(run_dir, result.checkpoint, spec, test_source, config)
+
+
+def pretrain(data: DataConfig, config: TrainConfig, run_dir: Path) -> TrainConfig:
+    """Train (or resume) the autoencoder of ``config.pretrain_epochs`` in ``run_dir/pretrain``;
+    the refinement's config: from that model, by IDEC's loss alone (no corruption, no contrast)."""
+    pretrained = train(data, replace(config, epochs=config.pretrain_epochs, pretrain_epochs=0, clusters=0),
+                       run_dir / PRETRAIN_DIR)
+    return replace(config, pretrain_epochs=0, init_from=str(pretrained.model_path), corrupt="none", contrastive=0.0)
 
 
 def finish(run_dir: Path, checkpoint, spec: ModelSpec, test_source: ImageSource, config: TrainConfig) -> TrainResult:

@@ -7,7 +7,8 @@ stores the result and every (k, seed) fit and resample reuses it):
 * ``l2``: every row to unit length (directions, not magnitudes, are compared);
 * ``pca`` / ``pca-whiten``: the first ``pca_components`` principal components, whitened or not;
 * ``umap``: a UMAP manifold embedding; the N2D recipe is 10 dimensions, 20 neighbours,
-  min_dist 0 (McConville et al. 2020), which are the defaults.
+  min_dist 0 (McConville et al. 2020), which are the defaults (the sweep takes fewer neighbours
+  where its clusters would be smaller: :func:`umap_neighbors_within`).
 
 Clusterers: ``kmeans`` (sklearn ``KMeans``, ``n_init=1``: the seeds are the repeats) and ``gmm``
 (a Gaussian mixture, ``n_init=1``, initialised by k-means++ of the same seed).
@@ -88,6 +89,13 @@ def umap_fit(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: float
     reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
                         n_jobs=1)  # a fixed random_state runs single-threaded anyway; say so, quietly
     return reducer, reducer.fit_transform(X).astype(np.float32)
+
+
+def umap_neighbors_within(rows: int, k: int, most: int = 20) -> int:
+    """UMAP's neighbours for ``rows`` points to be cut into ``k`` clusters: ``most``, but no more
+    than the mean cluster's size (rows // k), since a neighbour graph wider than a cluster joins it
+    to the next (ten faces a person: 10 neighbours; measured in RESULTS.md)."""
+    return max(2, min(most, rows // k))
 
 
 def fit_transform(X: ArrayLike, steps: list[str], *, pca_components: int = 50, umap_components: int = 10,

@@ -240,11 +240,35 @@ def test_refinement_starts_from_the_trained_autoencoder_with_kmeans_centroids(tm
     assert load_model(tmp_path / "refined.pt")[0].centroids.shape == (3, 8)
 
 
+@pytest.mark.parametrize("start", ["kmeans", "umap"])
+def test_refinement_places_one_centroid_at_the_mean_code_of_each_planted_group(tmp_path, start):
+    """Three groups of images far apart (dark, mid, bright): either start (KMeans of the codes, or
+    KMeans of their UMAP embedding) finds them, and each centroid is its group's mean code."""
+    torch.manual_seed(0)
+    trained = Autoencoder(ModelSpec(code_dim=8))
+    save_model(tmp_path / "model.pt", trained)
+    noise = torch.randint(0, 20, (60, 28, 28), generator=torch.Generator().manual_seed(0))
+    batch = (noise + torch.tensor([0, 110, 230]).repeat_interleave(20)[:, None, None]).clamp(0, 255).to(torch.uint8)
+    config = TrainConfig(code_dim=8, clusters=3, init_from=str(tmp_path), cluster_init=start)
+    model = initial_model(ModelSpec(code_dim=8, clusters=3), config, batch)
+    codes = trained.eval().encoder(batch[:, None].float() / 255).detach()
+    means = torch.stack([group.mean(0) for group in codes.split(20)])
+    matched = torch.cdist(means, model.centroids.detach()).argmin(1)
+    assert sorted(matched.tolist()) == [0, 1, 2]
+    assert torch.allclose(model.centroids.detach()[matched], means, atol=1e-5)
+
+
 def test_recipe_options_are_checked():
     with pytest.raises(ValueError, match="corrupt"):
         TrainConfig(corrupt="blur")
-    with pytest.raises(ValueError, match="init_from"):
+    with pytest.raises(ValueError, match="init_from or pretrain_epochs"):
         TrainConfig(clusters=10)
+    with pytest.raises(ValueError, match="needs clusters and no init_from"):
+        TrainConfig(pretrain_epochs=2)
+    with pytest.raises(ValueError, match="set pretrain_epochs instead"):
+        TrainConfig(clusters=10, init_from="runs/x", contrastive=1.0)
+    with pytest.raises(ValueError, match="cluster_init"):
+        TrainConfig(clusters=10, pretrain_epochs=2, cluster_init="random")
     with pytest.raises(ValueError, match="autoencoder only"):
         TrainConfig(mode="classifier", corrupt="mask")
     with pytest.raises(ValueError, match="autoencoder only"):
@@ -256,21 +280,25 @@ def test_recipe_options_are_checked():
     assert Recipe.of(TrainConfig()) == PLAIN
 
 
-def test_recipes_run_through_ray_train_and_refinement_continues_the_run(ray_session, tmp_path):
-    """One Ray Train run of two workers (DDP over the centroids too) with every option at once:
-    IDEC refinement of a 16-d autoencoder, masked inputs and the contrastive term (its head too)."""
+def test_recipes_run_through_ray_train_and_refinement_continues_the_pretraining(ray_session, tmp_path):
+    """Two Ray Train runs of two workers with every option: a 16-d autoencoder pretrained with
+    masked inputs and the contrastive term (its head too), then IDEC refinement from it (DDP over
+    the centroids too, started from the UMAP partition); a rerun trains nothing."""
     from pipelines.config import DataConfig
+    from pipelines.rundir import PRETRAIN_DIR, trained_epochs
     from pipelines.train import train
 
-    torch.manual_seed(0)
-    save_model(tmp_path / "narrow" / "model.pt", Autoencoder(ModelSpec(code_dim=16)), mode="autoencoder")
-    config = TrainConfig(epochs=1, workers=2, code_dim=16, clusters=4, init_from=str(tmp_path / "narrow"),
+    config = TrainConfig(epochs=1, pretrain_epochs=2, workers=2, code_dim=16, clusters=4, cluster_init="umap",
                          corrupt="mask", contrastive=0.5)
     refined = train(DataConfig(limit=256), config, tmp_path / "refined")
     model, _ = load_model(refined.run_dir)
-    assert model.spec.code_dim == 16 and model.encoder(torch.zeros(1, 1, 28, 28)).shape == (1, 16)
+    pretrained, _ = load_model(refined.run_dir / PRETRAIN_DIR)
+    assert trained_epochs(refined.run_dir) == 1 and trained_epochs(refined.run_dir / PRETRAIN_DIR) == 2
+    assert pretrained.spec.clusters == 0 and model.spec.code_dim == 16
     assert model.spec.clusters == 4 and model.centroids.shape == (4, 16)
     assert refined.history[0]["train_images"] == 256  # both workers' shards
+    assert fingerprint(model.encoder) != fingerprint(pretrained.encoder)  # refinement trained it on
+    assert train(DataConfig(limit=256), config, tmp_path / "refined").resumed
 
 
 def test_a_frozen_encoder_takes_no_step_and_the_head_does():
@@ -380,3 +408,33 @@ def test_a_checkpoint_resumes_only_into_the_recipe_it_was_trained_with(tmp_path,
     assert fingerprint(projection_head(resumed.network)) == fingerprint(projection_head(trained.network))
     with pytest.raises(ValueError, match="trained with a projection head"):
         restore(worker(TrainConfig(code_dim=16)), TrainConfig(code_dim=16))
+
+
+def test_make_quality_measures_each_preset_on_its_data_and_a_refinement_before_and_after():
+    from argparse import Namespace
+
+    from benchmarks.quality import DATA_NAMES, PRESETS, data_sets, measured_recipes
+
+    args = Namespace(presets=list(PRESETS), data=list(DATA_NAMES.values()), limit=None, ae_epochs=2, face_epochs=30,
+                     faces_dir="faces")
+    datasets = data_sets(args)
+    assert [(d.name, d.recipe) for d in datasets] == [("Fashion-MNIST", ""), ("Fashion-MNIST", "fashion-mnist-idec"),
+                                                      ("ORL faces", ""), ("ORL faces", "orl-faces")]
+    faces = datasets[3]
+    assert faces.train.clusters == 40 and faces.train.pretrain_epochs == 30 and faces.data.image_size == "64x64"
+    seed_rows = [r.name for r, _ in measured_recipes(datasets[0], {"AE": ["seed 0"]})]
+    assert seed_rows[:2] == ["raw pixels", "raw pixels, PCA 50"] and "AE, L2" in seed_rows
+    refined = {"AE fashion-mnist-idec": ["refined"], "AE fashion-mnist-idec before refinement": ["pretrained"]}
+    rows = {r.name: tables for r, tables in measured_recipes(datasets[1], refined)}
+    assert not any(name.startswith("raw pixels") for name in rows)
+    assert rows["AE fashion-mnist-idec, L2"] == ["refined"]
+    assert rows["AE fashion-mnist-idec before refinement, UMAP 10 (N2D)"] == ["pretrained"]
+
+
+def test_a_quality_run_of_one_data_set_keeps_the_other_data_sets_section():
+    from benchmarks.quality import merged_sections
+
+    generated = "\n\n- cpu: x\n\n### Fashion-MNIST (k = 10, old)\n\n| a |\n\n### ORL faces (k = 40, old)\n\n| b |\n\n"
+    merged = merged_sections(generated, {"Fashion-MNIST": "### Fashion-MNIST (k = 10, new)\n\n| c |"})
+    assert merged == "### Fashion-MNIST (k = 10, new)\n\n| c |\n\n### ORL faces (k = 40, old)\n\n| b |"
+    assert merged_sections("", {"ORL faces": "### ORL faces (k = 40)"}) == "### ORL faces (k = 40)"

@@ -15,6 +15,7 @@ from pipelines.transforms import (
     fit_seeds,
     fit_transform,
     l2_normalize,
+    umap_neighbors_within,
     within_cluster_sum_of_squares,
 )
 
@@ -86,6 +87,18 @@ def test_umap_embeds_deterministically_and_keeps_the_blobs_apart(blobs):
 def test_umap_needs_more_rows_than_neighbours():
     with pytest.raises(ValueError, match="umap_neighbors=20 needs more than 20 rows"):
         apply_transform(np.zeros((10, 3)), ["umap"])
+
+
+def test_umap_takes_no_more_neighbours_than_a_cluster_holds():
+    """Ten faces a person at k = 40: a graph of 20 neighbours would join each person to another."""
+    from pipelines.sweep_scores import transform_points
+
+    assert umap_neighbors_within(400, 40) == 10 and umap_neighbors_within(70_000, 10) == 20
+    assert umap_neighbors_within(30, 20) == 2 and umap_neighbors_within(400, 40, most=5) == 5
+    X = np.random.default_rng(0).normal(size=(400, 6)).astype(np.float32)
+    for k, neighbours in (("2-10,40", 10), ("2-10", 20)):
+        fitted, _ = transform_points(X, StabilityConfig(k=k, transform="umap", umap_components=2))
+        assert fitted.steps[0][1].n_neighbors == neighbours
 
 
 @pytest.mark.parametrize("clusterer", ["kmeans", "gmm"])
