@@ -226,7 +226,7 @@ def section_text(dataset: DataSet, table: pd.DataFrame, trainings: str, args) ->
     command = (f"python -m benchmarks.quality --data {DATA_NAMES[dataset.name]} --ae-seeds {args.ae_seeds} "
                + (f"--ae-epochs {args.ae_epochs} " if dataset.name == "Fashion-MNIST" else f"--face-epochs {args.face_epochs} ")
                + f"--seeds {args.seeds} --other-seeds {args.other_seeds} --presets '{','.join(args.presets)}'"
-               + (f" --limit {args.limit}" if args.limit else ""))
+               + (f" --limit {args.limit}" if args.limit else "") + (" --print" if args.print else ""))
     return "\n".join([f"### {dataset.name} (k = {dataset.k}, {args.ae_seeds} autoencoders x {trainings}, "
                       f"{args.seeds} clusterer seeds)", "", machine_markdown(machine()), f"Command: `{command}`", "",
                       markdown(table)])
@@ -245,7 +245,7 @@ def merged_sections(generated: str, sections: dict[str, str]) -> str:
 
 def write_results(sections: list[tuple[DataSet, pd.DataFrame, str]], args) -> None:
     texts = {dataset.name: section_text(dataset, table, trainings, args) for dataset, table, trainings in sections}
-    if args.limit:  # a quick check is shown, never recorded
+    if args.limit or args.print:  # a quick check is shown, never recorded
         print("\n\n".join(texts.values()), flush=True)
         return
     text = RESULTS.read_text() if RESULTS.exists() else f"# Cluster quality\n\n{BEGIN}\n{END}\n"
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
                              "the others' sections")
     parser.add_argument("--limit", type=int, default=None,
                         help="Fashion-MNIST: the first N images of each split only (a quick check, not a result)")
+    parser.add_argument("--print", action="store_true", help="print the tables instead of writing RESULTS.md")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality", help="models and feature tables")
     args = parser.parse_args(argv)
     if unknown := set(args.data) - set(DATA_NAMES.values()):
@@ -296,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     sections = []
     for dataset in datasets:  # written after each data set: a long run keeps what it finished
         table, trainings = quality_table(dataset, args), f"{dataset.train.epochs} epochs"
+        if dataset.train.pretrain_epochs:
+            trainings = f"{dataset.train.pretrain_epochs} + {dataset.train.epochs} epochs (pretraining + refinement)"
         if dataset.recipe:  # a recipe's rows join its data set's table
             trainings = f"{dataset.recipe} x {trainings}"
             dataset, rows, seed_trainings = sections.pop()
