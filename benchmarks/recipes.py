@@ -48,9 +48,6 @@ RECIPES = {  # name: TrainConfig options; refine: IDEC refinement of that recipe
     "simclr-100-b256": {"contrastive": 100.0, "batch_size": 256},  # reconstruction ~1% of the gradient
     "simclr-0.01-b256": {"contrastive": 0.01, "batch_size": 256},
     "idec": {"refine": "seed"}, "idec-code-32": {"refine": "code-32"},
-    # centroids from N2D's partition (the codes' UMAP 10, KMeans) instead of KMeans of the codes
-    "idec-umap": {"refine": "seed", "cluster_init": "umap"},
-    "idec-umap-simclr": {"refine": "simclr-s0.2-j0.4", "cluster_init": "umap"},
 }
 FACES = REPO.parent / "shared" / "data" / "faces" / "att_faces"
 OUT = SCRATCH / "recipes"
