@@ -438,3 +438,13 @@ def test_a_quality_run_of_one_data_set_keeps_the_other_data_sets_section():
     merged = merged_sections(generated, {"Fashion-MNIST": "### Fashion-MNIST (k = 10, new)\n\n| c |"})
     assert merged == "### Fashion-MNIST (k = 10, new)\n\n| c |\n\n### ORL faces (k = 40, old)\n\n| b |"
     assert merged_sections("", {"ORL faces": "### ORL faces (k = 40)"}) == "### ORL faces (k = 40)"
+
+
+def test_quality_averages_acc_over_the_autoencoders_not_just_the_first():
+    from benchmarks.quality import across_autoencoders
+
+    classes = np.repeat([0, 1], 4)
+    perfect, half = np.array([classes, 1 - classes]), np.array([[0, 0, 1, 1, 0, 0, 1, 1]] * 2)
+    found = across_autoencoders([perfect, half], classes)
+    assert found["acc_ae_mean"] == pytest.approx((1.0 + 0.5) / 2)
+    assert found["ae_seed_ari"] < 0.5
