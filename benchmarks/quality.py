@@ -72,22 +72,18 @@ class DataSet:
     recipe: str = ""  # a preset of configs/ whose [train] options the autoencoders take ("": the seed's)
 
 
-def with_preset(dataset: DataSet, options: dict, preset: str) -> DataSet:
-    """``dataset`` trained with the [train] ``options`` of ``configs/<preset>.toml``, its epochs included
-    (a recipe is measured as it ships); its rows are named "AE <preset>, ...", the pixel rows left out."""
-    return replace(dataset, train=replace(dataset.train, **options.get("train", {})), recipe=preset)
-
-
 def data_sets(args) -> list[DataSet]:
     """The data sets of ``--data``, each followed by the presets that name its data (``[data]
-    dataset``: images for the faces)."""
+    dataset``: images for the faces), trained with the preset's [train] options, its epochs included
+    (a recipe is measured as it ships); a preset's rows are named "AE <preset>, ..."."""
     from pipelines.pipeline import load_config_file, preset_path
 
     presets = {preset: load_config_file(preset_path(preset)) for preset in args.presets}
     datasets = []
     bases = {"fashion-mnist": (fashion_mnist, "fashion-mnist"), "orl-faces": (orl_faces, "images")}
     for base, kind in [(bases[name][0](args), bases[name][1]) for name in DATA_NAMES.values() if name in args.data]:
-        datasets += [base] + [with_preset(base, options, preset) for preset, options in presets.items()
+        datasets += [base] + [replace(base, train=replace(base.train, **options.get("train", {})), recipe=preset)
+                              for preset, options in presets.items()
                               if options.get("data", {}).get("dataset", "fashion-mnist") == kind]
     return datasets
 
@@ -149,8 +145,8 @@ def prepare_models(dataset: DataSet, args) -> dict[str, list]:
     from pipelines.train import train
 
     folder = args.out / (dataset.name.lower().replace(" ", "-") + (f"-{dataset.recipe}" if dataset.recipe else ""))
-    name = f"AE {dataset.recipe}" if dataset.recipe else "AE"
-    models = {name: ""} | ({f"{name} before refinement": PRETRAIN_DIR} if dataset.train.pretrain_epochs else {})
+    trained = f"AE {dataset.recipe}" if dataset.recipe else "AE"
+    models = {trained: ""} | ({f"{trained} before refinement": PRETRAIN_DIR} if dataset.train.pretrain_epochs else {})
     tables = {name: [] for name in models}
     for seed in range(args.ae_seeds):
         run_dir = folder / f"ae-seed{seed}"
@@ -228,6 +224,13 @@ def markdown(table: pd.DataFrame) -> str:
     return header + "".join("| " + " | ".join(c.replace("nan", "–") for c in row) + " |\n" for row in cells)
 
 
+def trainings_text(dataset: DataSet) -> str:
+    """How the data set's autoencoders were trained, for its heading ("orl-faces x 30 + 30 epochs (...)")."""
+    train, recipe = dataset.train, f"{dataset.recipe} x " if dataset.recipe else ""
+    refined = f"{train.pretrain_epochs} + " if train.pretrain_epochs else ""
+    return f"{recipe}{refined}{train.epochs} epochs" + (" (pretraining + refinement)" if refined else "")
+
+
 def section_text(dataset: DataSet, table: pd.DataFrame, trainings: str, args) -> str:
     """One data set's part of RESULTS.md: its heading, the machine, the command, the table."""
     command = (f"python -m benchmarks.quality --data {DATA_NAMES[dataset.name]} --ae-seeds {args.ae_seeds} "
@@ -303,11 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     for dataset in datasets:  # written after each data set: a long run keeps what it finished
-        table, trainings = quality_table(dataset, args), f"{dataset.train.epochs} epochs"
-        if dataset.train.pretrain_epochs:
-            trainings = f"{dataset.train.pretrain_epochs} + {dataset.train.epochs} epochs (pretraining + refinement)"
+        table, trainings = quality_table(dataset, args), trainings_text(dataset)
         if dataset.recipe:  # a recipe's rows join its data set's table
-            trainings = f"{dataset.recipe} x {trainings}"
             dataset, rows, seed_trainings = sections.pop()
             table, trainings = pd.concat([rows, table], ignore_index=True), f"{seed_trainings}; {trainings}"
         sections.append((dataset, table, trainings))

@@ -757,12 +757,10 @@ def init_centroids(model: Autoencoder, images, seed: int, start: str = "kmeans")
     from pipelines.transforms import fit_transform, umap_neighbors_within
 
     codes, k = encode(model, images).numpy(), model.spec.clusters
-    if start == "kmeans":
-        centroids = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(codes).cluster_centers_
-    else:
-        points = fit_transform(codes, ["umap"], umap_neighbors=umap_neighbors_within(len(codes), k), seed=seed)[1]
-        clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(points)
-        centroids = np.stack([codes[clusters == j].mean(0) for j in range(k)])
+    points = codes if start == "kmeans" else fit_transform(
+        codes, ["umap"], umap_neighbors=umap_neighbors_within(len(codes), k), seed=seed)[1]
+    clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(points)
+    centroids = np.stack([codes[clusters == j].mean(0) for j in range(k)])  # KMeans's own, for kmeans
     model.centroids.copy_(torch.from_numpy(centroids).float())
 
 

@@ -448,3 +448,27 @@ def test_quality_averages_acc_over_the_autoencoders_not_just_the_first():
     found = across_autoencoders([perfect, half], classes)
     assert found["acc_ae_mean"] == pytest.approx((1.0 + 0.5) / 2)
     assert found["ae_seed_ari"] < 0.5
+
+
+def test_refinement_starts_from_its_pretraining_and_trains_idecs_loss_alone(tmp_path, monkeypatch):
+    """``pretrain`` trains the recipe (contrast, corruption, no centroids) in train/pretrain, for
+    pretrain_epochs; refinement then starts from that model without the recipe's extra terms."""
+    from pipelines import train as training
+    from pipelines.config import DataConfig
+    from pipelines.rundir import PRETRAIN_DIR
+
+    calls = []
+
+    def fake_train(data, config, run_dir):
+        calls.append((config, run_dir))
+        return training.TrainResult(run_dir, run_dir / "model.pt", [], resumed=False)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    config = TrainConfig(epochs=2, pretrain_epochs=5, clusters=4, corrupt="mask", contrastive=1.0)
+    refinement = training.pretrain(DataConfig(limit=8), config, tmp_path)
+    (pretraining, run_dir), = calls
+    assert run_dir == tmp_path / PRETRAIN_DIR and pretraining.epochs == 5 and pretraining.clusters == 0
+    assert pretraining.contrastive == 1.0 and pretraining.corrupt == "mask"
+    assert refinement.init_from == str(tmp_path / PRETRAIN_DIR / "model.pt") and refinement.epochs == 2
+    assert refinement.clusters == 4 and refinement.contrastive == 0.0 and refinement.corrupt == "none"
+    assert refinement.pretrain_epochs == 0
