@@ -9,6 +9,7 @@ and each folder's marker file, written last, says the stage finished.
     RUN/featurelens.log             Ray's and the libraries' log (a lone job's: OUT.log beside OUT)
     RUN/train/                      model.pt, metrics.jsonl, loss_curve.png, reconstructions.png,
                                     checkpoint_*/state.pt (Ray Train's), skipped_images.csv,
+                                    centroids_start.npy (cluster refinement's start),
                                     pretrain/ (cluster refinement's pretraining, the same files)
     RUN/features/                   the Parquet feature table (``pipelines.feature_table``)
     RUN/stability/                  per_k/k=05/{fit.json,models.npz,result.json,class_counts.npy,
@@ -39,6 +40,7 @@ LOG_FILE = "featurelens.log"  # Ray's and the libraries' output (the terminal ke
 # train/
 MODEL_FILE, METRICS_FILE, STATE_FILE = "model.pt", "metrics.jsonl", "state.pt"
 PRETRAIN_DIR = "pretrain"  # cluster refinement's pretraining: a train/ of its own inside train/
+START_CENTROIDS_FILE = "centroids_start.npy"  # cluster refinement's placed centroids, kept for a rerun
 SKIPPED_IMAGES_FILE = "skipped_images.csv"
 # stability/
 PER_K, MANIFEST, TRANSFORMED = "per_k", "sweep.json", "transformed.npy"

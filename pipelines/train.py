@@ -35,8 +35,9 @@ from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import FolderDecode, ImageSource, failing_on_bad_images, load_images
 from pipelines.errors import ResourceError
 from pipelines.model import Autoencoder, ModelSpec, load_model, save_model, scale_images
-from pipelines.rundir import METRICS_FILE, MODEL_FILE, PRETRAIN_DIR, SKIPPED_IMAGES_FILE, STATE_FILE, read_metrics
-from pipelines.storage import write_text_atomic
+from pipelines.rundir import (METRICS_FILE, MODEL_FILE, PRETRAIN_DIR, SKIPPED_IMAGES_FILE, START_CENTROIDS_FILE,
+                              STATE_FILE, read_metrics)
+from pipelines.storage import atomic_output, write_text_atomic
 
 
 LOCAL_SHUFFLE_BUFFER = 4096
@@ -714,10 +715,10 @@ def ingest_options():
     return options
 
 
-def initial_model(spec: ModelSpec, config: TrainConfig, images=None) -> Autoencoder:
+def initial_model(spec: ModelSpec, config: TrainConfig, images=None, centroids: np.ndarray | None = None) -> Autoencoder:
     """Fresh weights (seeded), with the encoder of ``init_from`` when transferring; for cluster
-    refinement (``config.clusters``) its decoder too, and centroids from KMeans of the codes of
-    ``images`` (uint8, the training images)."""
+    refinement (``config.clusters``) its decoder too, and ``centroids``, or (None) centroids placed
+    from the codes of ``images`` (uint8, the training images; see :func:`place_centroids`)."""
     torch.manual_seed(config.seed)
     model = Autoencoder(spec)
     if config.init_from:
@@ -733,9 +734,12 @@ def initial_model(spec: ModelSpec, config: TrainConfig, images=None) -> Autoenco
         if config.clusters:  # refinement continues the autoencoder it starts from
             model.decoder.load_state_dict(source.decoder.state_dict())
     if config.clusters:
-        if images is None:
+        if centroids is None and images is None:
             raise ValueError("cluster refinement needs the training images to place its centroids")
-        init_centroids(model, images, config.seed, config.cluster_init)
+        if centroids is None:
+            centroids = place_centroids(model, images, config.seed, config.cluster_init)
+        with torch.no_grad():
+            model.centroids.copy_(torch.from_numpy(centroids).float())
     return model
 
 
@@ -747,9 +751,8 @@ def encode(model: Autoencoder, images, batch_size: int = 1024) -> torch.Tensor:
     return torch.cat([model.encoder(scale_images(chunk)) for chunk in chunks])
 
 
-@torch.no_grad()
-def init_centroids(model: Autoencoder, images, seed: int, start: str = "kmeans") -> None:
-    """IDEC's start: the model's centroids are KMeans's (10 starts) of the codes of ``images``;
+def place_centroids(model: Autoencoder, images, seed: int, start: str = "kmeans") -> np.ndarray:
+    """IDEC's start: the centroids (k, code_dim) are KMeans's (10 starts) of ``model``'s codes of ``images``;
     ``start`` umap: each cluster's mean code, the clusters KMeans's of the codes' UMAP embedding
     (N2D's: 10 dimensions, min_dist 0, neighbours within a cluster's mean size)."""
     from sklearn.cluster import KMeans
@@ -760,8 +763,7 @@ def init_centroids(model: Autoencoder, images, seed: int, start: str = "kmeans")
     points = codes if start == "kmeans" else fit_transform(
         codes, ["umap"], umap_neighbors=umap_neighbors_within(len(codes), k), seed=seed)[1]
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(points)
-    centroids = np.stack([codes[clusters == j].mean(0) for j in range(k)])  # KMeans's own, for kmeans
-    model.centroids.copy_(torch.from_numpy(centroids).float())
+    return np.stack([codes[clusters == j].mean(0) for j in range(k)])  # KMeans's own, for kmeans
 
 
 def source_images(source: ImageSource) -> np.ndarray:
@@ -770,12 +772,27 @@ def source_images(source: ImageSource) -> np.ndarray:
     return np.concatenate([np.asarray(batch["image"]) for batch in batches])
 
 
+def starting_model(spec: ModelSpec, config: TrainConfig, train_source: ImageSource, run_dir: Path) -> Autoencoder:
+    """The model the workers start from. Cluster refinement's centroids are placed once per run and
+    kept in ``run_dir`` (START_CENTROIDS_FILE): a rerun, which resumes from its checkpoint, does
+    not place them again (a UMAP of every training code takes minutes on 60,000 images)."""
+    if not config.clusters:
+        return initial_model(spec, config)
+    kept = run_dir / START_CENTROIDS_FILE
+    if kept.exists():
+        return initial_model(spec, config, centroids=np.load(kept))
+    model = initial_model(spec, config, source_images(train_source))
+    with atomic_output(kept) as tmp, open(tmp, "wb") as file:
+        np.save(file, model.centroids.detach().numpy())
+    return model
+
+
 def worker_plan(config: TrainConfig, spec: ModelSpec, threads: int, run_dir: Path, train_source: ImageSource,
                 test_source: ImageSource) -> WorkerPlan:
     """What every worker is sent: the starting weights, the sizes it plans with, an image folder's stream."""
     return WorkerPlan(
         config=config, spec=spec, threads=threads,
-        initial_state=initial_model(spec, config, source_images(train_source) if config.clusters else None).state_dict(),
+        initial_state=starting_model(spec, config, train_source, run_dir).state_dict(),
         run_dir=str(run_dir), train_images=train_source.num_images,
         shard_bytes=(train_source.num_images + test_source.num_images)
         * (spec.height * spec.width * spec.channels + (8 if config.mode == "classifier" else 0)),

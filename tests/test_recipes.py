@@ -258,6 +258,25 @@ def test_refinement_places_one_centroid_at_the_mean_code_of_each_planted_group(t
     assert torch.allclose(model.centroids.detach()[matched], means, atol=1e-5)
 
 
+def test_a_rerun_of_a_refinement_keeps_the_centroids_it_placed_and_places_none_again(tmp_path, monkeypatch):
+    """The start is placed once per run (a UMAP of every training code takes minutes at full size)
+    and kept in the run directory: a rerun, which resumes from its checkpoint, reads it back."""
+    import pipelines.train as train
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "model.pt", Autoencoder(ModelSpec(code_dim=8)))
+    config = TrainConfig(code_dim=8, clusters=3, init_from=str(tmp_path))
+    placed = []
+    monkeypatch.setattr(train, "source_images", lambda source: images(30).numpy())
+    monkeypatch.setattr(train, "place_centroids", lambda *args: placed.append(1) or np.eye(3, 8, dtype=np.float32))
+    run_dir = tmp_path / "run"
+    first = train.starting_model(ModelSpec(code_dim=8, clusters=3), config, None, run_dir)
+    again = train.starting_model(ModelSpec(code_dim=8, clusters=3), config, None, run_dir)
+    assert placed == [1]
+    assert torch.equal(first.centroids, torch.eye(3, 8)) and torch.equal(again.centroids, first.centroids)
+    assert torch.equal(again.encoder[0].weight, first.encoder[0].weight)
+
+
 def test_recipe_options_are_checked():
     with pytest.raises(ValueError, match="corrupt"):
         TrainConfig(corrupt="blur")
