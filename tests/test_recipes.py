@@ -433,14 +433,17 @@ def test_make_quality_measures_each_preset_on_its_data_and_a_refinement_before_a
     from argparse import Namespace
 
     from benchmarks.quality import DATA_NAMES, PRESETS, data_sets, measured_recipes
+    from pipelines.pipeline import load_config_file, preset_path
 
     args = Namespace(presets=list(PRESETS), data=list(DATA_NAMES.values()), limit=None, ae_epochs=2, face_epochs=30,
                      faces_dir="faces")
     datasets = data_sets(args)
     assert [(d.name, d.recipe) for d in datasets] == [("Fashion-MNIST", ""), ("Fashion-MNIST", "fashion-mnist-idec"),
                                                       ("ORL faces", ""), ("ORL faces", "orl-faces")]
-    faces = datasets[3]
-    assert faces.train.clusters == 40 and faces.train.pretrain_epochs == 30 and faces.data.image_size == "64x64"
+    faces, preset = datasets[3], load_config_file(preset_path("orl-faces"))["train"]
+    assert datasets[2].train.pretrain_epochs == 0  # the seed's faces autoencoder: no refinement
+    assert (faces.train.clusters, faces.train.pretrain_epochs) == (40, preset["pretrain_epochs"])
+    assert faces.data.image_size == "64x64"
     seed_rows = [r.name for r, _ in measured_recipes(datasets[0], {"AE": ["seed 0"]})]
     assert seed_rows[:2] == ["raw pixels", "raw pixels, PCA 50"] and "AE, L2" in seed_rows
     refined = {"AE fashion-mnist-idec": ["refined"], "AE fashion-mnist-idec before refinement": ["pretrained"]}
