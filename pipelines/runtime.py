@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from pipelines.rundir import LOG_FILE
 Plan = TypeVar("Plan")
 
 log = logging.getLogger("featurelens")
+
+API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"  # where Ray's state API is asked (dashboard/utils.py)
 
 
 def init_ray(num_cpus: int | None = None, log_file: Path | None = None) -> None:
@@ -41,15 +44,25 @@ def init_ray(num_cpus: int | None = None, log_file: Path | None = None) -> None:
         # run; it listens on loopback only. On an overloaded machine its modules can miss their
         # start-up timeout: Ray then runs without it (Ray Train only logs that it cannot poll).
         local = dict(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, **quiet)
+        port = free_loopback_port()
+        # Ray's processes inherit this: their state-API calls (Ray Train's placement-group
+        # cleaner) then ask this instance, not whichever they find when several run at once.
+        os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{port}"
         try:
-            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **local)
+            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **local)
         except Exception as error:  # noqa: BLE001 - any dashboard failure: go on without it
             log.warning("Ray's dashboard did not start (%s); starting Ray without it", str(error).strip().splitlines()[0])
             ray.shutdown()
+            os.environ.pop(API_SERVER_ADDRESS)
             ray.init(include_dashboard=False, **local)
     quiet_ray_data()
 
 
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the system's pick), for this instance's dashboard."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def log_file_beside(out: Path) -> Path:

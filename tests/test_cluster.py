@@ -7,7 +7,6 @@ end every Ray process on the machine)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.runtime import patient_dashboard
+from pipelines.rundir import LOG_FILE
+from pipelines.runtime import free_loopback_port, patient_dashboard
 
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("succeeded", "failed", "stopped")  # as `ray job status` words them
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ray_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -40,14 +34,14 @@ def local_cluster():
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
 
-    dashboard_port = free_port()
+    dashboard_port = free_loopback_port()
     temp_dir = tempfile.mkdtemp(prefix="featurelens-cluster-")
     started = ray_cli(
-        "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}", "--num-cpus=2",
+        "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_loopback_port()}", "--num-cpus=2",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
         # Every listening port its own, so that another Ray on the machine does not collide.
-        *(f"--{name}={free_port()}" for name in (
+        *(f"--{name}={free_loopback_port()}" for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
             "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")),
         env=env,
@@ -108,3 +102,20 @@ def test_pipeline_submitted_with_ray_job_submit_succeeds(local_cluster, tmp_path
     assert (run_dir / "report" / "report.html").stat().st_size > 10_000
     assert f"featurelens: Ray's and the libraries' logs go to {run_dir / 'featurelens.log'}" in logs
     assert (run_dir / "featurelens.log").stat().st_size > 0 and "Traceback" not in logs
+
+
+@pytest.mark.cluster
+def test_local_run_beside_another_ray_asks_only_its_own_instance(local_cluster, tmp_path):
+    """Ray Train's placement-group cleaner queries Ray's state API from a Ray process; with a
+    second Ray on the machine it found both, raised "Found multiple active Ray instances" and died
+    (so a crashed run's resources would not be freed)."""
+    _, env = local_cluster
+    run_dir = tmp_path / "run"
+    trained = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--limit", "64", "--epochs", "1", "--batch-size", "32",
+         "--code-dim", "16", "--out", str(run_dir)],
+        cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    log = (run_dir / LOG_FILE).read_text()
+    for failure in ("multiple active Ray instances", "Failed to query Ray Train Controller actor state"):
+        assert failure not in log, log[-3000:]

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,17 +31,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.runtime import free_loopback_port
+
 REPO = Path(__file__).resolve().parents[1]
 # A plan the head (1 CPU) cannot place, but a head and one "worker" node (2 CPUs) can: one Ray
 # Train worker of 2 CPUs, and a CPU left to Ray Data.
 TRAIN_NEEDING_A_NODE = ("--workers", "1", "--cpus-per-worker", "2", "--epochs", "1", "--limit", "64",
                         "--batch-size", "32", "--code-dim", "16")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def job_env(address: str) -> dict:
@@ -118,13 +113,13 @@ START_ATTEMPTS = 3
 def start_autoscaling_head(temp_dir: str) -> str:
     """``ray start --head`` with the fake provider's autoscaler: a head of 1 CPU that may get one
     "worker" node of 2 CPUs (none at start). Returns the GCS address."""
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_loopback_port()}"
     config = Path(temp_dir) / "autoscaling.json"
     worker = {"worker": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 1}}
     config.write_text(json.dumps(fake_autoscaling_config(address, 1, worker)))
     env = {**job_env(address), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     env.pop("RAY_ADDRESS")
-    ports = (f"--{name}={free_port()}" for name in (
+    ports = (f"--{name}={free_loopback_port()}" for name in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
         "ray-client-server-port", "node-manager-port", "object-manager-port"))
     started = subprocess.run(
