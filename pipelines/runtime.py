@@ -60,7 +60,7 @@ def init_ray(num_cpus: int | None = None, log_file: Path | None = None) -> None:
 
 def free_loopback_port() -> int:
     """A TCP port free on 127.0.0.1 now (the system's pick), for this instance's dashboard."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
