@@ -152,7 +152,7 @@ class TrainConfig:
         0, "cluster refinement without init_from: first train this many epochs with the other options "
         "(corrupt, contrastive; a run of its own in train/pretrain/), then refine from that model")
     workers: int = opt(2, "Ray Train workers (data-parallel); the batch-level terms (NT-Xent's negatives, IDEC's "
-                       "sharpened target) see one worker's share of the batch, so small batches want one worker")
+                       "sharpened target) are gathered over the whole batch, whatever the workers")
     cpus_per_worker: float | None = opt(
         None, "CPUs per worker; default: the cluster's CPUs less one for Ray Data, shared out"
     )

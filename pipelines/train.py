@@ -141,11 +141,15 @@ def contrastive_loss(first: torch.Tensor, second: torch.Tensor, temperature: flo
     """SimCLR's NT-Xent (InfoNCE) of two views' vectors (N, d), row i of each the same image: each
     of the 2N vectors, L2-normalised, is scored by cosine / ``temperature`` against the other
     2N - 1; cross-entropy picks its other view among them, the other images' 2N - 2 being the
-    negatives (so the codes cannot all collapse to one point). Negatives are the batch's (a
-    worker's shard of it under data parallelism)."""
-    z = nn.functional.normalize(torch.cat([first, second]), dim=1)
-    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
-    other_view = torch.arange(len(z), device=z.device).roll(len(first))  # i <-> i + N
+    negatives (so the codes cannot all collapse to one point). Under data parallelism N is the
+    whole batch, every worker's views (:func:`gather_rows`): each worker scores its own rows."""
+    pairs, start = gather_rows(torch.stack([first, second], 1))  # (N, 2, d): both views at once
+    n = len(pairs)
+    z = nn.functional.normalize(torch.cat([pairs[:, 0], pairs[:, 1]]), dim=1)
+    own = torch.arange(start, start + len(first), device=z.device)
+    rows, other_view = torch.cat([own, own + n]), torch.cat([own + n, own])  # i <-> i + N
+    logits = z[rows] @ z.T / temperature
+    logits[torch.arange(len(rows), device=z.device), rows] = float("-inf")  # not itself
     return nn.functional.cross_entropy(logits, other_view)
 
 
@@ -211,8 +215,9 @@ def soft_assignment(codes: torch.Tensor, centroids: torch.Tensor, alpha: float =
 
 
 def target_distribution(q: torch.Tensor) -> torch.Tensor:
-    """DEC's sharpened target P: p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'), f_j = sum_i q_ij."""
-    weight = q.pow(2) / q.sum(0)
+    """DEC's sharpened target P: p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'), f_j = sum_i q_ij,
+    the sum over the whole batch, every worker's rows under data parallelism."""
+    weight = q.pow(2) / summed_over_workers(q.sum(0))
     return weight / weight.sum(1, keepdim=True)
 
 
@@ -221,6 +226,58 @@ def cluster_loss(q: torch.Tensor) -> torch.Tensor:
     refreshes P over the whole data every T steps; here each batch's P is its own (T = 1)."""
     p = target_distribution(q.detach())
     return nn.functional.kl_div(q.clamp_min(1e-12).log(), p, reduction="batchmean")
+
+
+# --- batch-level terms across data-parallel workers ------------------------------------------
+# NT-Xent's negatives and IDEC's cluster sizes are the whole batch's: each worker holds
+# batch_size / workers of it, so the terms gather what they need from the others. With DDP's
+# mean of the workers' gradients, two workers then train as one process on the whole batch.
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
+def summed_over_workers(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over every worker (no gradient); ``values`` itself in one process."""
+    if not distributed():
+        return values
+    total = values.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
+def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(every worker's ``rows`` stacked in rank order, the row where this worker's start); the
+    workers may hold different numbers of rows. Differentiable: the gradient that reaches each
+    worker's rows is the sum of every worker's loss's (so DDP's mean makes the one-process
+    gradient). In one process: (rows, 0)."""
+    if not distributed():
+        return rows, 0
+    rank = torch.distributed.get_rank()
+    counts = torch.zeros(torch.distributed.get_world_size(), dtype=torch.int64, device=rows.device)
+    counts[rank] = len(rows)
+    counts = summed_over_workers(counts).tolist()
+    start = sum(counts[:rank])
+    return GatherRows.apply(rows, counts, start), start
+
+
+class GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, counts: list[int], start: int) -> torch.Tensor:
+        padded = rows.new_zeros((max(counts), *rows.shape[1:]))  # all_gather takes equal sizes
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in counts]
+        torch.distributed.all_gather(parts, padded)
+        ctx.own = slice(start, start + len(rows))
+        return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)  # every worker's loss's gradient, summed
+        return grad[ctx.own], None, None
 
 
 SHIFT_PIXELS = 2
@@ -502,7 +559,7 @@ class FolderStream:
 def in_lockstep(batches, device):
     """The batches while every worker still has one: in skip mode a worker's stream leaves out the
     unreadable files of its share, and the data-parallel steps of all workers must pair up."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not distributed():
         yield from batches
         return
     for batch in itertools.chain(batches, [None]):
@@ -611,10 +668,7 @@ def report_epoch(worker: Worker, plan: WorkerPlan, history: list[dict], sample: 
 
 
 def sum_over_workers(values: list[float], device) -> list[float]:
-    totals = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(totals)
-    return totals.tolist()
+    return summed_over_workers(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def epoch_progress(worker: Worker, batches: ShardBatches, epoch: int, config: TrainConfig):
