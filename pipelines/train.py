@@ -231,7 +231,8 @@ def cluster_loss(q: torch.Tensor) -> torch.Tensor:
 # --- batch-level terms across data-parallel workers ------------------------------------------
 # NT-Xent's negatives and IDEC's cluster sizes are the whole batch's: each worker holds
 # batch_size / workers of it, so the terms gather what they need from the others. With DDP's
-# mean of the workers' gradients, two workers then train as one process on the whole batch.
+# mean of the workers' gradients, two workers then compute one process's loss and gradient on
+# the whole batch (their data order still differs: RESULTS.md).
 
 
 def distributed() -> bool:

@@ -1,5 +1,5 @@
 """NT-Xent and IDEC's target are terms of the whole batch: on two data-parallel workers, each
-holding part of it, they must train as one process on the whole batch does (two gloo processes,
+holding part of it, they must compute what one process computes on the whole batch (two gloo processes,
 no Ray: what each Ray Train worker's process group does)."""
 
 import torch
