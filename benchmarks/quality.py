@@ -59,6 +59,7 @@ RECIPES = [
     Recipe("AE, PCA 50 whitened", "features", "pca-whiten"),
     Recipe("AE, UMAP 10 (N2D)", "features", "umap"),
     Recipe("AE, UMAP 10, GMM (N2D)", "features", "umap", "gmm"),
+    Recipe("AE, UMAP 10, KMeans consensus", "features", "umap", "kmeans-consensus"),
 ]
 
 

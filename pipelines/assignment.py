@@ -126,7 +126,7 @@ def assign_batch(points: np.ndarray, raw: np.ndarray, ids: np.ndarray, classes: 
     ``classes`` [b] (-1 where unknown). Returns per k the labels [seeds, b] and the batch's sums."""
     labels, per_k = {}, {}
     for k, fitted in models.items():
-        seed0, distance = (nearest_center(points, fitted.centers[0]) if fitted.clusterer == "kmeans"
+        seed0, distance = (nearest_center(points, fitted.centers[0]) if fitted.by_nearest_center
                            else (fitted.predict(0, points), None))
         labels[k] = np.vstack([seed0] + [fitted.predict(seed, points) for seed in range(1, fitted.seeds)])
         if distance is None:  # a mixture's prototypes: the points nearest its component's mean

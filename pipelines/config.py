@@ -22,7 +22,7 @@ CORRUPTIONS = ("none", "gaussian", "salt", "mask")
 CLUSTER_INITS = ("kmeans", "umap")
 CORRUPT_LEVELS = {"gaussian": 0.2, "salt": 0.2, "mask": 0.5}  # each corruption's default corrupt_level
 TRANSFORM_STEPS = ("standardize", "l2", "pca", "pca-whiten", "umap")
-CLUSTERERS = ("kmeans", "gmm")
+CLUSTERERS = ("kmeans", "gmm", "kmeans-consensus")
 GMM_COVARIANCES = ("full", "diag", "tied", "spherical")
 BOOTSTRAP_PROTOCOLS = ("clusterboot", "duplicates")  # pipelines.measures documents them
 
@@ -314,7 +314,8 @@ class StabilityConfig:
     umap_neighbors: int = opt(20, "neighbours of the umap step (N2D: 20); fewer where the largest k leaves "
                               "fewer rows a cluster (rows // k: a wider graph joins clusters)")
     umap_min_dist: float = opt(0.0, "min_dist of the umap step (N2D: 0)")
-    clusterer: str = opt("kmeans", "kmeans, or gmm (a Gaussian mixture); n_init=1, the seeds are the repeats")
+    clusterer: str = opt("kmeans", "kmeans, gmm (a Gaussian mixture), or kmeans-consensus (5 KMeans fits combined "
+                         "into one partition); n_init=1, the seeds are the repeats")
     gmm_covariance: str = opt("full", "covariance type of gmm: full, diag, tied or spherical")
     transform_seed: int = opt(0, "random state of the pca and umap steps")
     compare_runs: str | None = opt(

@@ -10,8 +10,10 @@ stores the result and every (k, seed) fit and resample reuses it):
   min_dist 0 (McConville et al. 2020), which are the defaults (the sweep takes fewer neighbours
   where its clusters would be smaller: :func:`umap_neighbors_within`).
 
-Clusterers: ``kmeans`` (sklearn ``KMeans``, ``n_init=1``: the seeds are the repeats) and ``gmm``
-(a Gaussian mixture, ``n_init=1``, initialised by k-means++ of the same seed).
+Clusterers: ``kmeans`` (sklearn ``KMeans``, ``n_init=1``: the seeds are the repeats), ``gmm``
+(a Gaussian mixture, ``n_init=1``, initialised by k-means++ of the same seed) and
+``kmeans-consensus`` (the partitions of ``CONSENSUS_RUNS`` KMeans fits combined into one:
+:func:`consensus_partition`).
 
 Every function here is plain numpy/sklearn with a fixed seed: the same input and seed give the
 same output, bit for bit (UMAP runs single-threaded to guarantee it).
@@ -134,9 +136,14 @@ class FittedClusters:
     def seeds(self) -> int:
         return len(self.centers)
 
+    @property
+    def by_nearest_center(self) -> bool:
+        """Whether a point's cluster is that of its nearest centre (KMeans and its consensus)."""
+        return self.clusterer != "gmm"
+
     def predict(self, seed: int, X: np.ndarray) -> NDArray[np.int32]:
         """The cluster of each row of ``X`` [n, d] under seed ``seed``'s fit."""
-        if self.clusterer == "kmeans":
+        if self.by_nearest_center:
             return nearest_center(X, self.centers[seed])[0]
         mixture = GaussianMixture(n_components=self.centers.shape[1], covariance_type=self.covariance)
         mixture.means_, mixture.weights_ = self.centers[seed].astype(np.float64), self.mixture["weights"][seed]
@@ -152,10 +159,43 @@ def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[NDArray[np.int32
     return labels, np.maximum(distances[np.arange(len(X)), labels], 0).astype(np.float64)
 
 
+CONSENSUS_RUNS = 5  # KMeans fits a consensus combines (measured in RESULTS.md: 5 repeated better than 10)
+
+
+def consensus_partition(partitions: ArrayLike, k: int, seed: int) -> NDArray[np.int32]:
+    """One partition into ``k`` clusters that agrees with most of ``partitions`` [m, n] (labels
+    0..k-1): KMeans on each point's memberships, one 0/1 column per (partition, cluster), so
+    points that the partitions keep together end together (Topchy, Jain & Punch 2005)."""
+    partitions = np.asarray(partitions)
+    memberships = np.concatenate([np.eye(k, dtype=np.float32)[labels] for labels in partitions], axis=1)
+    return KMeans(n_clusters=k, random_state=seed, n_init=1).fit_predict(memberships).astype(np.int32)
+
+
+class ConsensusKMeans:
+    """``CONSENSUS_RUNS`` KMeans fits (seeds seed * runs ..) combined by :func:`consensus_partition`;
+    each cluster's centre is its members' mean, and every point (new ones too) goes to the nearest."""
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k, self.seed = k, seed
+
+    def fit(self, X: ArrayLike) -> "ConsensusKMeans":
+        X = np.asarray(X, dtype=np.float32)
+        runs = [KMeans(n_clusters=self.k, random_state=self.seed * CONSENSUS_RUNS + run, n_init=1).fit_predict(X)
+                for run in range(CONSENSUS_RUNS)]
+        labels = consensus_partition(runs, self.k, self.seed)
+        self.cluster_centers_ = np.stack([X[labels == cluster].mean(axis=0) for cluster in range(self.k)])
+        return self
+
+    def predict(self, X: ArrayLike) -> NDArray[np.int32]:
+        return nearest_center(X, self.cluster_centers_)[0]
+
+
 def fit_clusterer(X: ArrayLike, k: int, seed: int, clusterer: str = "kmeans", gmm_covariance: str = "full"):
-    """One fitted scikit-learn clusterer with ``k`` clusters and random state ``seed``."""
+    """One fitted clusterer (scikit-learn's, or :class:`ConsensusKMeans`) with ``k`` clusters and random state ``seed``."""
     if clusterer == "kmeans":
         return KMeans(n_clusters=k, random_state=seed, n_init=1).fit(X)
+    if clusterer == "kmeans-consensus":
+        return ConsensusKMeans(k, seed).fit(X)
     if clusterer == "gmm":
         # reg_covar above sklearn's 1e-6: full covariances of 512-d features are otherwise singular
         return GaussianMixture(n_components=k, covariance_type=gmm_covariance, random_state=seed, n_init=1,
@@ -174,7 +214,7 @@ def fit_seeds(X: ArrayLike, k: int, seeds: int, clusterer: str = "kmeans",
     """Fits of seeds 0 .. ``seeds``-1: the models, and their labels [seeds, n] of ``X``."""
     fits = [fit_clusterer(X, k, seed, clusterer, gmm_covariance) for seed in range(seeds)]
     labels = np.vstack([fit.predict(X) for fit in fits]).astype(np.int32)
-    if clusterer == "kmeans":
+    if clusterer != "gmm":
         return FittedClusters(clusterer, np.stack([fit.cluster_centers_ for fit in fits]).astype(np.float32)), labels
     mixture = {"weights": np.stack([fit.weights_ for fit in fits]),
                "precisions_cholesky": np.stack([fit.precisions_cholesky_ for fit in fits])}

@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 from jobs import recluster as recluster_job
 from jobs import stability as stability_job
 from pipelines import stability, sweep_scores
-from pipelines.config import StabilityConfig
+from pipelines.config import CLUSTERERS, StabilityConfig
 from pipelines.errors import OutputExistsError
 from pipelines.feature_table import read_features
 from pipelines.rundir import read_labels, read_manifest
@@ -60,6 +60,14 @@ def test_the_planted_k_is_the_most_stable(blob_sweep):
     planted = summary.set_index("k").loc[PLANTED_K]
     assert summary.loc[summary["ari_mean"].idxmax(), "k"] == PLANTED_K
     assert planted["ari_mean"] == planted["subsample_ari_mean"] == planted["acc_mean"] == 1.0
+
+
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
+def test_the_planted_k_is_the_most_stable_under_every_clusterer(blobs, clusterer):
+    results = sweep_scores.sweep_sequential(blobs.X, StabilityConfig(k="2-5", clusterer=clusterer, **SMALL),
+                                            blobs.classes)
+    ari = {k: sweep_scores.summary_row(result)["ari_mean"] for k, result in results.items()}
+    assert max(ari, key=ari.get) == PLANTED_K and ari[PLANTED_K] == 1.0
 
 
 def test_a_rerun_computes_only_the_missing_k(resumed_sweep):

@@ -11,6 +11,7 @@ from pipelines.config import StabilityConfig, parse_k, parse_transform
 from pipelines.measures import adjusted_rand_index, cross_model_agreement
 from pipelines.transforms import (
     apply_transform,
+    consensus_partition,
     fit_clusters,
     fit_seeds,
     fit_transform,
@@ -101,12 +102,32 @@ def test_umap_takes_no_more_neighbours_than_a_cluster_holds():
         assert fitted.steps[0][1].n_neighbors == neighbours
 
 
-@pytest.mark.parametrize("clusterer", ["kmeans", "gmm"])
-def test_both_clusterers_find_the_planted_blobs_and_repeat_with_a_seed(blobs, clusterer):
+@pytest.mark.parametrize("clusterer", ["kmeans", "gmm", "kmeans-consensus"])
+def test_every_clusterer_finds_the_planted_blobs_and_repeats_with_a_seed(blobs, clusterer):
     X, y = blobs
     labels = fit_clusters(X, 3, seed=4, clusterer=clusterer)
     assert adjusted_rand_index(y, labels) == 1.0
     np.testing.assert_array_equal(labels, fit_clusters(X, 3, seed=4, clusterer=clusterer))
+
+
+def test_a_consensus_keeps_what_most_partitions_agree_on():
+    truth = np.repeat([0, 1, 2], 20)
+    relabelled = np.array([2, 0, 1])[truth]
+    one_wrong = truth.copy()
+    one_wrong[:5] = 1  # five points of cluster 0 moved in this partition only
+    consensus = consensus_partition([one_wrong, truth, relabelled], 3, seed=0)
+    assert adjusted_rand_index(truth, consensus) == 1.0
+
+
+def test_a_consensus_of_kmeans_repeats_better_than_one_kmeans_where_kmeans_wavers():
+    # 12 overlapping blobs cut into 6 clusters: single KMeans fits disagree with each other
+    X, _ = make_blobs(n_samples=1200, n_features=2, centers=12, cluster_std=1.5, random_state=3)
+
+    def mean_pairwise_ari(clusterer):
+        labels = [fit_clusters(X, 6, seed, clusterer) for seed in range(6)]
+        return np.mean([adjusted_rand_index(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]])
+
+    assert mean_pairwise_ari("kmeans-consensus") > mean_pairwise_ari("kmeans") + 0.05
 
 
 def test_within_cluster_sum_of_squares_is_kmeans_inertia(blobs):
@@ -153,7 +174,7 @@ def test_a_fitted_transform_applies_to_new_rows_as_to_the_rows_it_was_fitted_on(
         np.testing.assert_allclose(again[:200], points, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("clusterer", ["kmeans", "gmm"])
+@pytest.mark.parametrize("clusterer", ["kmeans", "gmm", "kmeans-consensus"])
 def test_fitted_clusters_predict_the_labels_of_their_fit(blobs, clusterer):
     X, _ = blobs
     models, labels = fit_seeds(X, 3, seeds=2, clusterer=clusterer, gmm_covariance="diag")
