@@ -246,10 +246,7 @@ def section_text(dataset: DataSet, table: pd.DataFrame, trainings: str, args) ->
 def merged_sections(generated: str, sections: dict[str, str]) -> str:
     """The generated part of RESULTS.md with the data sets' ``sections`` ({name: text}) replaced
     or added, in DATA_NAMES' order; a data set not measured now keeps its earlier section."""
-    kept = {}
-    for part in ("\n" + generated).split("\n### ")[1:]:
-        name = part.split(" (", 1)[0]
-        kept[name] = "### " + part.strip()
+    kept = {part.split(" (", 1)[0]: "### " + part.strip() for part in ("\n" + generated).split("\n### ")[1:]}
     kept |= sections
     return "\n\n".join(kept[name] for name in DATA_NAMES if name in kept)
 
