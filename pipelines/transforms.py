@@ -122,6 +122,11 @@ def apply_transform(X: ArrayLike, steps: list[str], **settings) -> NDArray[np.fl
 # --- clusterers ----------------------------------------------------------------------------------
 
 
+def by_nearest_center(clusterer: str) -> bool:
+    """Whether a point's cluster is that of its nearest centre (KMeans and its consensus, not a mixture)."""
+    return clusterer != "gmm"
+
+
 @dataclass(frozen=True, eq=False)
 class FittedClusters:
     """Every seed's fit of one k: what assigning a new point needs. ``centers`` are KMeans's
@@ -138,8 +143,7 @@ class FittedClusters:
 
     @property
     def by_nearest_center(self) -> bool:
-        """Whether a point's cluster is that of its nearest centre (KMeans and its consensus)."""
-        return self.clusterer != "gmm"
+        return by_nearest_center(self.clusterer)
 
     def predict(self, seed: int, X: np.ndarray) -> NDArray[np.int32]:
         """The cluster of each row of ``X`` [n, d] under seed ``seed``'s fit."""
@@ -191,7 +195,8 @@ class ConsensusKMeans:
 
 
 def fit_clusterer(X: ArrayLike, k: int, seed: int, clusterer: str = "kmeans", gmm_covariance: str = "full"):
-    """One fitted clusterer (scikit-learn's, or :class:`ConsensusKMeans`) with ``k`` clusters and random state ``seed``."""
+    """One fitted clusterer (scikit-learn's, or :class:`ConsensusKMeans`) with ``k`` clusters and
+    random state ``seed``."""
     if clusterer == "kmeans":
         return KMeans(n_clusters=k, random_state=seed, n_init=1).fit(X)
     if clusterer == "kmeans-consensus":
@@ -214,7 +219,7 @@ def fit_seeds(X: ArrayLike, k: int, seeds: int, clusterer: str = "kmeans",
     """Fits of seeds 0 .. ``seeds``-1: the models, and their labels [seeds, n] of ``X``."""
     fits = [fit_clusterer(X, k, seed, clusterer, gmm_covariance) for seed in range(seeds)]
     labels = np.vstack([fit.predict(X) for fit in fits]).astype(np.int32)
-    if clusterer != "gmm":
+    if by_nearest_center(clusterer):
         return FittedClusters(clusterer, np.stack([fit.cluster_centers_ for fit in fits]).astype(np.float32)), labels
     mixture = {"weights": np.stack([fit.weights_ for fit in fits]),
                "precisions_cholesky": np.stack([fit.precisions_cholesky_ for fit in fits])}

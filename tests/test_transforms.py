@@ -7,7 +7,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from pipelines.config import StabilityConfig, parse_k, parse_transform
+from pipelines.config import CLUSTERERS, StabilityConfig, parse_k, parse_transform
 from pipelines.measures import adjusted_rand_index, cross_model_agreement
 from pipelines.transforms import (
     apply_transform,
@@ -102,7 +102,7 @@ def test_umap_takes_no_more_neighbours_than_a_cluster_holds():
         assert fitted.steps[0][1].n_neighbors == neighbours
 
 
-@pytest.mark.parametrize("clusterer", ["kmeans", "gmm", "kmeans-consensus"])
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
 def test_every_clusterer_finds_the_planted_blobs_and_repeats_with_a_seed(blobs, clusterer):
     X, y = blobs
     labels = fit_clusters(X, 3, seed=4, clusterer=clusterer)
@@ -174,7 +174,7 @@ def test_a_fitted_transform_applies_to_new_rows_as_to_the_rows_it_was_fitted_on(
         np.testing.assert_allclose(again[:200], points, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("clusterer", ["kmeans", "gmm", "kmeans-consensus"])
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
 def test_fitted_clusters_predict_the_labels_of_their_fit(blobs, clusterer):
     X, _ = blobs
     models, labels = fit_seeds(X, 3, seeds=2, clusterer=clusterer, gmm_covariance="diag")
